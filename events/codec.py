@@ -1,0 +1,95 @@
+"""JSON codec for the event union: one prebuilt encoder, one typed decoder.
+
+Error tree::
+
+    ValueError
+     └── EventDecodeError      any input decode_event() cannot turn into an Event
+"""
+
+from typing import Final
+
+import msgspec
+
+from events.models import (
+    CmdOutputChunk,
+    CmdOutputObservation,
+    CmdRunAction,
+    ErrorObservation,
+    Event,
+    FileEditAction,
+    FileEditObservation,
+    FileReadAction,
+    FileReadObservation,
+    FileWriteAction,
+    FileWriteObservation,
+    IPythonRunCellAction,
+    IPythonRunCellObservation,
+    OpenHandsEvent,
+    RuntimeStatusObservation,
+)
+
+__all__ = ["EVENT_TYPES", "AnyEvent", "EventDecodeError", "decode_event", "encode_event"]
+
+AnyEvent = (
+    CmdRunAction
+    | IPythonRunCellAction
+    | FileReadAction
+    | FileWriteAction
+    | FileEditAction
+    | CmdOutputObservation
+    | CmdOutputChunk
+    | IPythonRunCellObservation
+    | FileReadObservation
+    | FileWriteObservation
+    | FileEditObservation
+    | ErrorObservation
+    | RuntimeStatusObservation
+    | OpenHandsEvent
+)
+
+EVENT_TYPES: Final[tuple[type[Event], ...]] = (
+    CmdRunAction,
+    IPythonRunCellAction,
+    FileReadAction,
+    FileWriteAction,
+    FileEditAction,
+    CmdOutputObservation,
+    CmdOutputChunk,
+    IPythonRunCellObservation,
+    FileReadObservation,
+    FileWriteObservation,
+    FileEditObservation,
+    ErrorObservation,
+    RuntimeStatusObservation,
+    OpenHandsEvent,
+)
+
+
+class EventDecodeError(ValueError):
+    """Raised by :func:`decode_event` for any input that is not an encoded event."""
+
+
+_encoder: Final = msgspec.json.Encoder()
+_decoder: Final = msgspec.json.Decoder(AnyEvent)
+
+
+def encode_event(event: Event) -> bytes:
+    """Encode an event as compact JSON bytes."""
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes | bytearray | memoryview | str) -> Event:
+    """Decode JSON produced by :func:`encode_event`.
+
+    Raises :class:`EventDecodeError` (a ``ValueError``) on anything else:
+    empty or truncated input, invalid UTF-8, unknown tags, wrong field types,
+    values that fail validation, or an argument that is not bytes/str.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview | str):
+        raise EventDecodeError(f"expected bytes or str, got {type(data).__name__}")
+    try:
+        return _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise EventDecodeError(str(exc)) from exc
+    except (ValueError, TypeError, UnicodeError, RecursionError) as exc:
+        raise EventDecodeError(f"{type(exc).__name__}: {exc}") from exc
