@@ -80,13 +80,19 @@ def _check_timeout(timeout: float | None) -> None:
         raise ValueError(f"timeout must be finite and >= 0 seconds, got {timeout!r}")
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
-    """Base of every event. ``id`` is -1 until the stream assigns one."""
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=True):
+    """Base of every event. ``id`` is -1 until the stream assigns one.
+
+    ``extra`` keeps fields of a foreign format that we do not model (e.g. the
+    ``tool_call_metadata`` or ``llm_metrics`` of an OpenHands event), so that
+    converting back loses nothing. It is never interpreted by the runtime.
+    """
 
     id: int = -1
     timestamp: str | None = None
     source: EventSource | None = None
     cause: int | None = None
+    extra: dict[str, Any] | None = None
 
 
 class Action(Event, frozen=True, kw_only=True):

@@ -1,0 +1,57 @@
+"""Errors raised by openhands_rt.
+
+Error tree::
+
+    SandboxError                    root of every error this package raises
+     ├── SandboxBuildError          building the runtime image failed (carries the build log tail)
+     ├── SandboxStartError          the sandbox did not become ready (carries the log tail)
+     ├── SandboxConnectionError     the action channel to the sandbox is lost or refused
+     └── SandboxClosedError         the runtime was used after close()
+
+Third-party errors (aiodocker, websockets, OSError) are translated at the edge
+with ``raise SandboxError(...) from exc``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SandboxBuildError",
+    "SandboxClosedError",
+    "SandboxConnectionError",
+    "SandboxError",
+    "SandboxStartError",
+]
+
+
+class SandboxError(Exception):
+    """Root of every error raised by openhands_rt."""
+
+
+class SandboxBuildError(SandboxError):
+    """The runtime image could not be built. ``log_tail`` holds the last build output lines."""
+
+    def __init__(self, message: str, *, log_tail: list[str] | None = None) -> None:
+        self.log_tail = list(log_tail or [])
+        text = message
+        if self.log_tail:
+            text += "\n--- last build output ---\n" + "\n".join(self.log_tail)
+        super().__init__(text)
+
+
+class SandboxStartError(SandboxError):
+    """The sandbox did not become ready. ``log_tail`` holds its last log lines."""
+
+    def __init__(self, message: str, *, log_tail: list[str] | None = None) -> None:
+        self.log_tail = list(log_tail or [])
+        text = message
+        if self.log_tail:
+            text += "\n--- last sandbox output ---\n" + "\n".join(self.log_tail)
+        super().__init__(text)
+
+
+class SandboxConnectionError(SandboxError):
+    """The action channel is lost, refused or unauthorized."""
+
+
+class SandboxClosedError(SandboxError):
+    """The runtime was used after it was closed."""
