@@ -88,7 +88,8 @@ def decode_event(data: bytes | bytearray | memoryview | str) -> Event:
     if not isinstance(data, bytes | bytearray | memoryview | str):
         raise EventDecodeError(f"expected bytes or str, got {type(data).__name__}")
     try:
-        return _decoder.decode(data)
+        event: Event = _decoder.decode(data)
+        return event
     except msgspec.DecodeError as exc:
         raise EventDecodeError(str(exc)) from exc
     except (ValueError, TypeError, UnicodeError, RecursionError) as exc:

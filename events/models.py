@@ -71,13 +71,16 @@ class RuntimeStatus(_StrEnum):
 EDITOR_COMMANDS: Final = frozenset({"view", "create", "str_replace", "insert", "undo_edit"})
 
 
-def _check_timeout(timeout: float | None) -> None:
+def _check_timeout(event: "Event", timeout: float | None) -> None:
     if timeout is None:
         return
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise ValueError(f"timeout must be a number of seconds, got {timeout!r}")
     if not math.isfinite(timeout) or timeout < 0:
         raise ValueError(f"timeout must be finite and >= 0 seconds, got {timeout!r}")
+    if isinstance(timeout, int):
+        # Stored as float so that encode -> decode -> encode gives the same bytes.
+        msgspec.structs.force_setattr(event, "timeout", float(timeout))
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=True):
@@ -124,7 +127,7 @@ class CmdRunAction(Action, frozen=True, tag="cmd_run"):
     thought: str = ""
 
     def __post_init__(self) -> None:
-        _check_timeout(self.timeout)
+        _check_timeout(self, self.timeout)
 
 
 class IPythonRunCellAction(Action, frozen=True, tag="ipython_run_cell"):
@@ -135,7 +138,7 @@ class IPythonRunCellAction(Action, frozen=True, tag="ipython_run_cell"):
     thought: str = ""
 
     def __post_init__(self) -> None:
-        _check_timeout(self.timeout)
+        _check_timeout(self, self.timeout)
 
 
 class FileReadAction(Action, frozen=True, tag="file_read"):
@@ -226,7 +229,7 @@ class CmdOutputObservation(Observation, frozen=True, tag="cmd_output"):
 class CmdOutputChunk(Event, frozen=True, tag="cmd_output_chunk"):
     """Partial output of the running action ``cause``; ``seq`` counts from 0 per action."""
 
-    cause: int  # type: ignore[assignment]  # narrowed: a chunk always has a cause
+    cause: int  # narrowed: a chunk always has a cause
     seq: int
     data: str
 
