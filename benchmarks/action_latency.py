@@ -1,0 +1,75 @@
+"""Action latency through LocalRuntime.run(): stream -> channel -> server -> bash -> stream.
+
+Run: uv run python benchmarks/action_latency.py [--n 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _util import percentiles_ms, rss_mb
+
+from events import CmdOutputChunk, CmdRunAction, Event, EventStream, FileReadAction, FileWriteAction
+from openhands_rt import LocalRuntime, SandboxConfig
+
+
+async def timed(rt: LocalRuntime, make: object, n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        action = make() if callable(make) else make
+        t0 = time.perf_counter()
+        await rt.run(action)  # type: ignore[arg-type]
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+async def main(n: int) -> None:
+    with tempfile.TemporaryDirectory() as work:
+        Path(work, "1k.txt").write_text("x" * 1023 + "\n")
+        stream = EventStream()
+        config = SandboxConfig(workspace_dir=work, timeout=300, no_change_timeout=60)
+        async with stream, LocalRuntime(stream, config) as rt:
+            assert rt.process is not None
+            await asyncio.sleep(0.5)
+            print(f"idle server RSS            {rss_mb(rt.process.pid):8.1f} MB")
+            await timed(rt, lambda: CmdRunAction("echo hi"), 200)  # warm up
+            cases = [
+                ("echo hi", lambda: CmdRunAction("echo hi"), n),
+                ("1 KB file read", lambda: FileReadAction("1k.txt"), n),
+                ("1 MB write", lambda: FileWriteAction("1m.txt", "y" * (1 << 20)), 50),
+                ("1 MB read", lambda: FileReadAction("1m.txt"), 50),
+            ]
+            for label, make, count in cases:
+                print(f"{label:<26} {percentiles_ms(await timed(rt, make, count))}")
+
+            streamed = 0
+
+            async def count(event: Event) -> None:
+                nonlocal streamed
+                if isinstance(event, CmdOutputChunk):
+                    streamed += len(event.data)
+
+            sub = stream.subscribe(count, subscriber_id="bench-count")
+            t0 = time.perf_counter()
+            await rt.run(CmdRunAction("head -c 200M /dev/zero | base64", blocking=True))
+            await stream.flush()
+            await asyncio.sleep(0.1)
+            elapsed = time.perf_counter() - t0
+            sub.unsubscribe()
+            print(
+                f"streamed output            {streamed / elapsed / 1e6:8.1f} MB/s "
+                f"({streamed / 1e6:.0f} MB of chunks in {elapsed:.2f} s)"
+            )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=2000)
+    asyncio.run(main(parser.parse_args().n))

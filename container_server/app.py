@@ -1,0 +1,359 @@
+"""The aiohttp adapter: endpoints over the executor, the hub and the file transfer.
+
+Endpoints (every one but ``/alive`` needs ``X-Session-API-Key``):
+
+- ``GET /alive`` — "ok" once the shell and plugins are initialized, 503 before.
+- ``GET /ws?client_id=ID`` — the action channel (msgspec JSON event frames).
+- ``GET /server_info`` — uptime, idle time, running actions, cpu and memory.
+- ``POST /upload?path=DIR`` — a tar body, streamed and extracted safely under DIR.
+- ``GET /download?path=P`` — a file or directory as a streamed tar.
+- ``GET /files?path=DIR`` — a directory listing (JSON).
+- ``GET /openapi.json`` — an OpenAPI description of the REST endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import resource
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import msgspec
+from aiohttp import WSMsgType, web
+
+from container_server.executor import ACTION_TYPES, ActionExecutor
+from container_server.hub import ChannelHub, ClientState, Outbox
+from container_server.plugins import PluginStatus
+from container_server.transfer import TransferError, extract_tar_stream, list_dir, tar_stream
+from events import (
+    ErrorObservation,
+    Event,
+    EventDecodeError,
+    RuntimeStatus,
+    RuntimeStatusObservation,
+    decode_event,
+    encode_event,
+)
+
+__all__ = ["API_KEY_HEADER", "ServerSettings", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+API_KEY_HEADER = "X-Session-API-Key"
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class ServerSettings:
+    """Everything the server is configured with (from the command line)."""
+
+    working_dir: str
+    api_key: str
+    username: str | None = None
+    user_id: int | None = None
+    no_change_timeout: float = 10.0
+    default_timeout: float | None = 120.0
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    plugins: list[str] = field(default_factory=list)
+    plugin_init_timeout: float = 60.0
+    startup_notes: list[str] = field(default_factory=list)
+    max_process_memory_mb: int | None = None
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    executor: ActionExecutor
+    hub: ChannelHub
+    started_at: float = field(default_factory=time.monotonic)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    plugin_statuses: list[PluginStatus] = field(default_factory=list)
+    init_error: str | None = None
+
+
+STATE: web.AppKey[ServerState] = web.AppKey("state", ServerState)
+
+
+def _authorized(request: web.Request, api_key: str) -> bool:
+    given = request.headers.get(API_KEY_HEADER, "")
+    return hmac.compare_digest(given.encode(), api_key.encode())
+
+
+@web.middleware
+async def auth_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    if request.path != "/alive":
+        state = request.app[STATE]
+        if not _authorized(request, state.settings.api_key):
+            # 401 and nothing else: no hint which part was wrong.
+            return web.Response(status=401, text="unauthorized")
+    return await handler(request)
+
+
+async def alive(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.init_error is not None:
+        return web.Response(status=503, text=f"failed: {state.init_error}")
+    if not state.ready.is_set():
+        return web.Response(status=503, text="initializing")
+    return web.Response(text="ok")
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class ServerInfo(msgspec.Struct, frozen=True):
+    uptime: float
+    idle_time: float
+    running_actions: int
+    cpu_user_seconds: float
+    cpu_system_seconds: float
+    memory_rss_bytes: int
+    pid: int
+    working_dir: str
+    cwd: str
+    plugins: dict[str, str]
+
+
+async def server_info(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    now = time.monotonic()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    info = ServerInfo(
+        uptime=now - state.started_at,
+        idle_time=0.0 if state.hub.running_actions else now - state.hub.last_activity,
+        running_actions=state.hub.running_actions,
+        cpu_user_seconds=usage.ru_utime,
+        cpu_system_seconds=usage.ru_stime,
+        memory_rss_bytes=_rss_bytes(),
+        pid=os.getpid(),
+        working_dir=state.settings.working_dir,
+        cwd=state.executor.bash.cwd,
+        plugins={s.name: "ready" if s.ready else s.error for s in state.plugin_statuses},
+    )
+    return web.Response(body=msgspec.json.encode(info), content_type="application/json")
+
+
+def _resolve(state: ServerState, raw: str | None) -> str:
+    if not raw:
+        raise web.HTTPBadRequest(text="missing ?path=")
+    if "\x00" in raw:
+        raise web.HTTPBadRequest(text="path contains a NUL byte")
+    return os.path.normpath(os.path.join(state.executor.bash.cwd, raw))
+
+
+async def upload(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    dest = _resolve(state, request.query.get("path"))
+
+    async def body() -> AsyncIterator[bytes]:
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            yield chunk
+
+    try:
+        paths = await extract_tar_stream(body(), dest)
+    except TransferError as exc:
+        raise web.HTTPBadRequest(text=f"refused: {exc}") from None
+    except OSError as exc:
+        raise web.HTTPBadRequest(text=f"upload failed: {exc.strerror or exc}") from None
+    return web.json_response({"path": dest, "files": paths})
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    path = _resolve(state, request.query.get("path"))
+    if not os.path.lexists(path):
+        raise web.HTTPNotFound(text=f"no such file or directory: {path}")
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/x-tar",
+            "Content-Disposition": f'attachment; filename="{os.path.basename(path) or "root"}.tar"',
+        }
+    )
+    await response.prepare(request)
+    async for chunk in tar_stream(path):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def files(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    path = _resolve(state, request.query.get("path") or ".")
+    try:
+        entries = await list_dir(path)
+    except FileNotFoundError:
+        raise web.HTTPNotFound(text=f"no such directory: {path}") from None
+    except NotADirectoryError:
+        raise web.HTTPBadRequest(text=f"not a directory: {path}") from None
+    except PermissionError:
+        raise web.HTTPForbidden(text=f"permission denied: {path}") from None
+    return web.Response(body=msgspec.json.encode(entries), content_type="application/json")
+
+
+async def openapi(request: web.Request) -> web.Response:
+    from container_server.openapi import OPENAPI_SPEC
+
+    return web.json_response(OPENAPI_SPEC)
+
+
+def _encode_bounded(event: Event, max_bytes: int) -> bytes:
+    frame = encode_event(event)
+    if len(frame) <= max_bytes:
+        return frame
+    # The peer would drop the connection over an oversized frame: say so instead.
+    return encode_event(
+        ErrorObservation(
+            f"The {type(event).__name__} is {len(frame)} bytes encoded, over the channel's "
+            f"{max_bytes}-byte frame limit; read the file in ranges or download it instead.",
+            error_id="observation_too_large",
+            cause=event.cause,
+        )
+    )
+
+
+async def _writer(ws: web.WebSocketResponse, outbox: Outbox, max_bytes: int) -> None:
+    while True:
+        event = await outbox.get()
+        if event is None:
+            return
+        frames = [_encode_bounded(event, max_bytes)]
+        # Drain whatever else is queued so a burst of chunks costs one wake-up.
+        done = False
+        while True:
+            try:
+                more = outbox.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if more is None:
+                done = True
+                break
+            frames.append(_encode_bounded(more, max_bytes))
+        for frame in frames:
+            await ws.send_bytes(frame)
+        if done:
+            return
+
+
+def _handle_frame(state: ServerState, client: ClientState, data: bytes | str) -> None:
+    try:
+        event = decode_event(data)
+    except EventDecodeError as exc:
+        client.send(ErrorObservation(f"Bad frame: {exc}", error_id="bad_frame"))
+        return
+    if not isinstance(event, ACTION_TYPES):
+        client.send(
+            ErrorObservation(
+                f"Not an action: {type(event).__name__} cannot be run",
+                error_id="not_an_action",
+                cause=event.id if event.id >= 0 else None,
+            )
+        )
+        return
+    if event.id < 0:
+        client.send(
+            ErrorObservation(
+                "Action has no id: append it to a stream (or set id) before sending",
+                error_id="missing_action_id",
+            )
+        )
+        return
+    state.hub.submit(client, event)
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    client_id = request.query.get("client_id") or "anonymous"
+    if len(client_id) > 200:
+        raise web.HTTPBadRequest(text="client_id too long")
+    await state.ready.wait()
+    ws = web.WebSocketResponse(
+        max_msg_size=state.settings.max_frame_bytes, heartbeat=30.0, compress=False
+    )
+    await ws.prepare(request)
+    client, outbox = state.hub.attach(client_id)
+    if not client.greeted:
+        # Facts about the sandbox's start, told once to every new client.
+        client.greeted = True
+        for note in state.settings.startup_notes:
+            client.send(RuntimeStatusObservation(RuntimeStatus.STARTING, note))
+        for status in state.plugin_statuses:
+            if not status.ready:
+                client.send(RuntimeStatusObservation(RuntimeStatus.ERROR, status.error))
+    writer = asyncio.get_running_loop().create_task(
+        _writer(ws, outbox, state.settings.max_frame_bytes)
+    )
+    try:
+        async for msg in ws:
+            if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT):
+                _handle_frame(state, client, msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                logger.warning("websocket error from %s: %s", client_id, ws.exception())
+                break
+        if ws.close_code == 1009:
+            logger.warning("client %s sent an oversized frame", client_id)
+    finally:
+        state.hub.detach(client, outbox)
+        # A peer that is gone keeps its results cached for a reconnect.
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await writer
+    return ws
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    try:
+        # The shell and the plugins (e.g. a Jupyter kernel) start side by side.
+        _, state.plugin_statuses = await asyncio.gather(
+            state.executor.start(),
+            state.executor.plugins.initialize(
+                state.settings.username, working_dir=state.settings.working_dir
+            ),
+        )
+    except Exception as exc:
+        state.init_error = f"{type(exc).__name__}: {exc}"
+        logger.exception("server initialization failed")
+        raise
+    state.ready.set()
+    yield
+    await state.hub.aclose()
+    await state.executor.aclose()
+
+
+def create_app(settings: ServerSettings, executor: ActionExecutor | None = None) -> web.Application:
+    """Build the aiohttp application; the executor starts with the app."""
+    if executor is None:
+        from container_server.plugin_registry import load_plugins
+
+        executor = ActionExecutor(
+            working_dir=settings.working_dir,
+            username=settings.username,
+            user_id=settings.user_id,
+            no_change_timeout=settings.no_change_timeout,
+            default_timeout=settings.default_timeout,
+            plugins=load_plugins(settings.plugins, init_timeout=settings.plugin_init_timeout),
+            max_process_memory_mb=settings.max_process_memory_mb,
+        )
+    hub = ChannelHub(executor)
+    app = web.Application(middlewares=[auth_middleware], client_max_size=1024**2)
+    app[STATE] = ServerState(settings=settings, executor=executor, hub=hub)
+    app.router.add_get("/alive", alive)
+    app.router.add_get("/ws", websocket)
+    app.router.add_get("/server_info", server_info)
+    app.router.add_post("/upload", upload)
+    app.router.add_get("/download", download)
+    app.router.add_get("/files", files)
+    app.router.add_get("/openapi.json", openapi)
+    app.cleanup_ctx.append(_lifecycle)
+    return app

@@ -1,0 +1,129 @@
+"""ActionExecutor: runs one action and returns its observation.
+
+Bash actions are serialised through the one persistent :class:`BashSession`;
+file, editor and plugin actions run concurrently with whatever the shell is
+doing (reading a file while a server runs in the foreground must work).
+
+Streaming output is coalesced here: the shell hands every piece it reads to
+:class:`ChunkCoalescer`, which emits at most one :class:`CmdOutputChunk` per
+``chunk_interval`` seconds. Commands that finish within the first interval
+emit no chunk at all (the observation carries everything); once a chunk has
+been sent for an action, the chunks of that action together carry all of its
+output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from typing import NoReturn
+
+from container_server.bash import BashSession
+from container_server.chunks import ChunkCoalescer, ChunkSink
+from container_server.editor import FileEditor
+from container_server.files import read_file, write_file
+from container_server.plugins import PluginHost
+from events import (
+    CmdRunAction,
+    ErrorObservation,
+    FileEditAction,
+    FileReadAction,
+    FileWriteAction,
+    IPythonRunCellAction,
+    Observation,
+)
+
+__all__ = ["ACTION_TYPES", "ActionExecutor", "ChunkCoalescer", "RunnableAction"]
+
+logger = logging.getLogger(__name__)
+
+RunnableAction = (
+    CmdRunAction | IPythonRunCellAction | FileReadAction | FileWriteAction | FileEditAction
+)
+ACTION_TYPES = (CmdRunAction, IPythonRunCellAction, FileReadAction, FileWriteAction, FileEditAction)
+
+
+def _assert_never(value: NoReturn) -> NoReturn:  # typing.assert_never is 3.11+
+    raise AssertionError(f"unhandled action type: {type(value).__name__}")
+
+
+class ActionExecutor:
+    """Owns the sandbox's bash session, editor and plugins; runs actions."""
+
+    def __init__(
+        self,
+        *,
+        working_dir: str,
+        username: str | None = None,
+        user_id: int | None = None,
+        no_change_timeout: float = 10.0,
+        default_timeout: float | None = 120.0,
+        plugins: PluginHost | None = None,
+        chunk_interval: float = 0.05,
+        max_process_memory_mb: int | None = None,
+    ) -> None:
+        rlimits: dict[int, tuple[int, int]] = {}
+        if max_process_memory_mb is not None:
+            size = max_process_memory_mb * 1024 * 1024
+            rlimits[resource.RLIMIT_AS] = (size, size)
+        self.working_dir = working_dir
+        self.bash = BashSession(
+            working_dir=working_dir,
+            username=username,
+            user_id=user_id,
+            no_change_timeout=no_change_timeout,
+            default_timeout=default_timeout,
+            rlimits=rlimits,
+        )
+        self.editor = FileEditor()
+        self.plugins = plugins or PluginHost()
+        self._bash_lock = asyncio.Lock()
+        self._chunk_interval = chunk_interval
+
+    async def start(self) -> None:
+        await self.bash.start()
+
+    async def aclose(self) -> None:
+        await self.plugins.aclose()
+        await self.bash.aclose()
+
+    async def run(self, action: RunnableAction, on_chunk: ChunkSink | None = None) -> Observation:
+        """Run ``action``; the observation's ``cause`` is ``action.id``."""
+        try:
+            observation = await self._dispatch(action, on_chunk)
+        except Exception as exc:
+            logger.exception("action %s (%s) failed", action.id, type(action).__name__)
+            observation = ErrorObservation(
+                f"The runtime failed to run {type(action).__name__}: {type(exc).__name__}: {exc}",
+                error_id="internal_error",
+            )
+        return observation
+
+    async def _dispatch(self, action: RunnableAction, on_chunk: ChunkSink | None) -> Observation:
+        cwd = self.bash.cwd
+        match action:
+            case CmdRunAction():
+                coalescer = (
+                    ChunkCoalescer(action.id, on_chunk, interval=self._chunk_interval)
+                    if on_chunk is not None
+                    else None
+                )
+                try:
+                    async with self._bash_lock:
+                        return await self.bash.run(
+                            action, coalescer.feed if coalescer is not None else None
+                        )
+                finally:
+                    if coalescer is not None:
+                        coalescer.close()
+            case FileReadAction():
+                return await read_file(action, cwd=cwd)
+            case FileWriteAction():
+                return await write_file(action, cwd=cwd)
+            case FileEditAction():
+                return await self.editor.run(action, cwd=cwd)
+            case IPythonRunCellAction():
+                return await self.plugins.run(action, cwd=cwd, on_chunk=on_chunk)
+            case _:
+                _assert_never(action)

@@ -1,0 +1,30 @@
+"""openhands-rt: an event-sourced asyncio sandbox runtime for AI coding agents."""
+
+from openhands_rt.config import SandboxConfig
+from openhands_rt.docker_runtime import DockerRuntime
+from openhands_rt.errors import (
+    SandboxBuildError,
+    SandboxClosedError,
+    SandboxConnectionError,
+    SandboxError,
+    SandboxStartError,
+)
+from openhands_rt.local import LocalRuntime
+from openhands_rt.plugins import ALL_PLUGINS, JupyterRequirement, Plugin, PluginRequirement
+from openhands_rt.runtime import EventStreamRuntime
+
+__all__ = [
+    "ALL_PLUGINS",
+    "DockerRuntime",
+    "EventStreamRuntime",
+    "JupyterRequirement",
+    "LocalRuntime",
+    "Plugin",
+    "PluginRequirement",
+    "SandboxBuildError",
+    "SandboxClosedError",
+    "SandboxConfig",
+    "SandboxConnectionError",
+    "SandboxError",
+    "SandboxStartError",
+]

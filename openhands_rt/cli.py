@@ -1,0 +1,323 @@
+"""``openhands-rt``: the command line.
+
+Every command prints one clear line and exits non-zero on error (no traceback;
+``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn
+
+from rich.console import Console
+
+from events import (
+    CmdOutputChunk,
+    CmdOutputObservation,
+    CmdRunAction,
+    Event,
+    EventStream,
+)
+from openhands_rt.config import SandboxConfig
+from openhands_rt.errors import SandboxError
+from openhands_rt.runtime import EventStreamRuntime
+
+__all__ = ["DEFAULT_BASE_IMAGE", "main"]
+
+DEFAULT_BASE_IMAGE = os.environ.get("OPENHANDS_RT_BASE_IMAGE", "openhands-rt/base:bookworm")
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line."""
+
+
+def make_runtime(
+    args: argparse.Namespace, stream: EventStream, config: SandboxConfig
+) -> EventStreamRuntime:
+    if getattr(args, "local", False):
+        from openhands_rt.local import LocalRuntime
+
+        return LocalRuntime(stream, config)
+    from openhands_rt.docker_runtime import DockerRuntime
+
+    return DockerRuntime(stream, config)
+
+
+def sandbox_config(args: argparse.Namespace, **overrides: object) -> SandboxConfig:
+    from openhands_rt.plugins import ALL_PLUGINS, JupyterRequirement, PluginRequirement
+
+    plugins: list[PluginRequirement] = []
+    for name in getattr(args, "plugins", None) or []:
+        if name == "jupyter":
+            plugins.append(JupyterRequirement())
+        elif name in ALL_PLUGINS:
+            plugins.append(PluginRequirement(name))
+        else:
+            raise CliError(f"unknown plugin {name!r}; known: {', '.join(ALL_PLUGINS)}")
+    kwargs: dict[str, object] = {
+        "base_container_image": args.base_image,
+        "workspace_dir": args.workspace,
+        "plugins": plugins,
+    }
+    if getattr(args, "image", None):
+        kwargs["runtime_container_image"] = args.image
+    kwargs.update(overrides)
+    return SandboxConfig(**kwargs)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- run
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    command = " ".join(args.command)
+    if not command:
+        raise CliError("nothing to run: give a command after --")
+    stream = EventStream()
+    config = sandbox_config(args, timeout=args.timeout, no_change_timeout=args.timeout)
+    out = sys.stdout
+
+    async def show(event: Event) -> None:
+        if isinstance(event, CmdOutputChunk):
+            out.write(event.data)
+            out.flush()
+
+    async with stream, make_runtime(args, stream, config) as rt:
+        stream.subscribe(show, subscriber_id="cli-run")
+        obs = await rt.run(CmdRunAction(command, blocking=True, timeout=args.timeout))
+        await asyncio.sleep(0)  # let the last chunk reach the printer
+        streamed = any(
+            isinstance(e, CmdOutputChunk) and e.cause == obs.cause for e in stream.iter_events()
+        )
+        if isinstance(obs, CmdOutputObservation):
+            if not streamed:
+                out.write(obs.content)
+                if obs.content and not obs.content.endswith("\n"):
+                    out.write("\n")
+            out.flush()
+            return obs.exit_code if obs.exit_code >= 0 else 124
+        raise CliError(getattr(obs, "content", repr(obs)))
+
+
+# ---------------------------------------------------------------------- shell
+
+
+async def cmd_shell(args: argparse.Namespace) -> int:
+    from openhands_rt.shell import interactive_shell
+
+    stream = EventStream()
+    config = sandbox_config(args)
+    async with stream, make_runtime(args, stream, config) as rt:
+        return await interactive_shell(rt, console)
+
+
+# ---------------------------------------------------------------------- demo
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from openhands_rt.demo import run_demo
+
+    return await run_demo(args, console, make_runtime, sandbox_config)
+
+
+# ---------------------------------------------------------------------- images
+
+
+async def cmd_build(args: argparse.Namespace) -> int:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from openhands_rt.image import build_runtime_image
+    from openhands_rt.plugins import JupyterRequirement, PluginRequirement
+
+    plugins: list[PluginRequirement] = [
+        JupyterRequirement() if p == "jupyter" else PluginRequirement(p) for p in args.plugins or []
+    ]
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task(f"runtime image for {args.base_image}", total=None)
+
+        def on_progress(line: str) -> None:
+            progress.update(task, description=line[:120])
+
+        result = await build_runtime_image(
+            args.base_image, force_rebuild=args.force, plugins=plugins, on_progress=on_progress
+        )
+    console.print(f"[bold]{result.image}[/bold]  (build step: {result.build_from})")
+    for kind in ("version_tag", "lock_tag", "source_tag"):
+        console.print(f"  {kind:<12} {getattr(result.tags, kind)}")
+    return 0
+
+
+async def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from openhands_rt.image import bootstrap_base_image
+
+    def on_progress(line: str) -> None:
+        if args.verbose:
+            console.print(line)
+
+    name = await bootstrap_base_image(name=args.name, suite=args.suite, on_progress=on_progress)
+    console.print(f"base image ready: [bold]{name}[/bold]")
+    return 0
+
+
+# ---------------------------------------------------------------------- ps / gc
+
+
+async def cmd_ps(args: argparse.Namespace) -> int:
+    import aiodocker
+    from rich.table import Table
+
+    from openhands_rt.sandboxes import list_sandboxes
+
+    async with aiodocker.Docker() as docker:
+        sandboxes = await list_sandboxes(docker)
+    table = Table("name", "session", "state", "status", "keep-alive", "owner", "image")
+    for s in sandboxes:
+        owner = {True: "alive", False: "gone", None: "other host"}[s.owner_alive]
+        table.add_row(s.name, s.session_id, s.state, s.status, str(s.keep_alive), owner, s.image)
+    console.print(table)
+    return 0
+
+
+async def cmd_gc(args: argparse.Namespace) -> int:
+    import aiodocker
+
+    from openhands_rt.sandboxes import reap_orphans
+
+    async with aiodocker.Docker() as docker:
+        removed = await reap_orphans(docker, include_kept=args.all)
+    for name in removed:
+        console.print(f"removed {name}")
+    console.print(f"{len(removed)} orphaned sandbox(es) removed")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def _sandbox_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base-image", default=DEFAULT_BASE_IMAGE, help="base image to build on")
+    p.add_argument("--image", default=None, help="use this runtime image as is (no build)")
+    p.add_argument("--workspace", default=None, help="host directory mounted at /workspace")
+    p.add_argument("--local", action="store_true", help="no container: run the server locally")
+    p.add_argument("--plugins", nargs="*", default=[], help="plugins, e.g. jupyter")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="openhands-rt", description="Event-sourced sandbox runtime for AI coding agents."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run a short scripted agent session in a real sandbox")
+    _sandbox_options(p)
+    p.add_argument("--log", default=None, help="durable event log path (default: a temp file)")
+    p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("run", help="run one command in a fresh sandbox, streaming its output")
+    _sandbox_options(p)
+    p.add_argument("--timeout", type=float, default=600.0, help="hard timeout, seconds")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND...")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("shell", help="an interactive line shell into a sandbox")
+    _sandbox_options(p)
+    p.set_defaults(handler=cmd_shell)
+
+    p = sub.add_parser("build", help="build (or find) the runtime image for a base image")
+    p.add_argument("--base-image", default=DEFAULT_BASE_IMAGE)
+    p.add_argument("--force", action="store_true", help="rebuild from scratch")
+    p.add_argument("--plugins", nargs="*", default=[])
+    p.set_defaults(handler=cmd_build)
+
+    p = sub.add_parser("base-image", help="base images made without a registry")
+    bsub = p.add_subparsers(dest="base_command", required=True, metavar="SUBCOMMAND")
+    b = bsub.add_parser("bootstrap", help="debootstrap a minimal Debian with python3 and import it")
+    b.add_argument("--name", default=DEFAULT_BASE_IMAGE)
+    b.add_argument("--suite", default="bookworm")
+    b.add_argument("--verbose", action="store_true")
+    b.set_defaults(handler=cmd_bootstrap)
+
+    p = sub.add_parser("ps", help="list openhands-rt sandboxes")
+    p.set_defaults(handler=cmd_ps)
+
+    p = sub.add_parser("gc", help="remove sandboxes whose owner process is gone")
+    p.add_argument("--all", action="store_true", help="also kept-alive sandboxes of dead owners")
+    p.set_defaults(handler=cmd_gc)
+
+    p = sub.add_parser(
+        "replay",
+        help="execute, verify (--verify) or serve (--serve) a recorded event log or trajectory",
+    )
+    p.add_argument("path", help="an openhands-rt event log or an OpenHands trajectory (JSON list)")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare each observation with the recorded one; exit 1 at the first divergence",
+    )
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="no sandbox: answer JSON actions on stdin with the recorded observations",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--base-image", default=None, help=f"base image ({DEFAULT_BASE_IMAGE})")
+    where.add_argument("--local", action="store_true", help="no container (no isolation)")
+    p.add_argument("--image", default=None, help="use this runtime image as is (no build)")
+    p.add_argument("--workspace", default=None, help="host directory mounted at /workspace")
+    p.add_argument(
+        "--until", type=int, default=None, metavar="EVENT_ID", help="stop after this event id"
+    )
+    p.add_argument("--output-log", default=None, help="write the replay to this new durable log")
+    p.set_defaults(handler=cmd_replay)
+    return parser
+
+
+async def cmd_replay(args: argparse.Namespace) -> int:
+    from openhands_rt.replay_cli import replay_command
+
+    return await replay_command(args, console)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[red]error:[/red] {message}")
+    raise SystemExit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command_name == "run" and args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
+    try:
+        return asyncio.run(handler(args))
+    except KeyboardInterrupt:
+        return 130
+    except (CliError, SandboxError, ValueError, OSError) as exc:
+        if args.debug:
+            raise
+        message = str(exc).strip() or type(exc).__name__
+        first, _, rest = message.partition("\n")
+        _fail(first if not rest else f"{first}\n{rest}")
+    except Exception as exc:  # aiodocker and friends: still one clear line
+        if args.debug:
+            raise
+        _fail(f"{type(exc).__name__}: {exc}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""SandboxConfig: everything a runtime needs to know about the sandbox it makes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from openhands_rt.plugins import PluginRequirement
+
+__all__ = ["SandboxConfig"]
+
+_NETWORKS = ("bridge", "none")
+
+
+@dataclass(kw_only=True)
+class SandboxConfig:
+    """Configuration of one sandbox (see API.md for every field's meaning).
+
+    ``timeout`` is the default hard timeout of an action and
+    ``no_change_timeout`` the soft (no new output) timeout, both in seconds.
+    """
+
+    base_container_image: str = "python:3.12-slim"
+    runtime_container_image: str | None = None
+    workspace_dir: str | None = None
+    timeout: float = 120.0
+    no_change_timeout: float = 10.0
+    keep_runtime_alive: bool = False
+    run_as_root: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    cpus: float | None = None
+    memory_mb: int | None = None
+    pids_limit: int | None = None
+    network: str = "bridge"
+    oci_runtime: str | None = None
+    plugins: list[PluginRequirement] = field(default_factory=list)
+    runtime_image_repository: str = "openhands-rt/runtime"
+    startup_timeout: float = 60.0
+    read_only_root: bool = False
+    labels: dict[str, str] = field(default_factory=dict)  # extra labels on the container
+
+    def __post_init__(self) -> None:
+        for name in ("timeout", "no_change_timeout", "startup_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"SandboxConfig.{name} must be a positive number of seconds")
+        if self.network not in _NETWORKS:
+            raise ValueError(f"SandboxConfig.network must be one of {_NETWORKS}")
+        if self.cpus is not None and self.cpus <= 0:
+            raise ValueError("SandboxConfig.cpus must be > 0")
+        if self.memory_mb is not None and self.memory_mb < 6:
+            raise ValueError("SandboxConfig.memory_mb must be >= 6 (Docker's minimum)")
+        if self.pids_limit is not None and self.pids_limit < 1:
+            raise ValueError("SandboxConfig.pids_limit must be >= 1")
+        for key in self.env:
+            if not key or "=" in key or "\x00" in key:
+                raise ValueError(f"SandboxConfig.env has an invalid variable name {key!r}")

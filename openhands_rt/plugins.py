@@ -1,0 +1,87 @@
+"""Plugins as agents declare them: requirements, and the registry of plugin classes.
+
+An agent lists :class:`PluginRequirement` objects (``sandbox_plugins``) in
+``SandboxConfig.plugins``. Each names a plugin and the Python requirements it
+needs inside the sandbox: those are installed into the runtime image (and so
+take part in its lock tag) and the server initializes the named plugins.
+
+``ALL_PLUGINS`` maps every known plugin name to its class: the built-ins plus
+third-party plugins registered under the ``openhands_rt.plugins`` entry-point
+group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from container_server.plugin_registry import ENTRY_POINT_GROUP, available_plugins
+from container_server.plugins import Plugin
+from openhands_rt.errors import SandboxError
+
+__all__ = [
+    "ALL_PLUGINS",
+    "JupyterRequirement",
+    "Plugin",
+    "PluginRequirement",
+    "UnknownPluginError",
+    "check_plugins",
+]
+
+
+@dataclass(frozen=True)
+class PluginRequirement:
+    """A plugin an agent needs: its name and the Python requirements it installs."""
+
+    name: str
+    requirements: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class JupyterRequirement(PluginRequirement):
+    """The built-in Jupyter plugin: a real IPython kernel for IPythonRunCellAction."""
+
+    name: str = "jupyter"
+    requirements: tuple[str, ...] = field(default=("jupyter_client", "ipykernel"))
+
+
+class _PluginRegistry(Mapping[str, type[Plugin]]):
+    """name -> Plugin class; classes are imported on first access."""
+
+    def _targets(self) -> dict[str, str]:
+        return available_plugins()
+
+    def __getitem__(self, name: str) -> type[Plugin]:
+        from container_server.plugin_registry import _load_class
+
+        target = self._targets().get(name)
+        if target is None:
+            raise KeyError(name)
+        return _load_class(target)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._targets()))
+
+    def __len__(self) -> int:
+        return len(self._targets())
+
+    def __repr__(self) -> str:
+        return f"ALL_PLUGINS({sorted(self._targets())})"
+
+
+ALL_PLUGINS: Mapping[str, type[Plugin]] = _PluginRegistry()
+
+
+class UnknownPluginError(SandboxError, ValueError):
+    """A plugin name nobody provides."""
+
+
+def check_plugins(requirements: list[PluginRequirement]) -> None:
+    """Fail before any sandbox starts when a requirement names an unknown plugin."""
+    known = set(ALL_PLUGINS)
+    for req in requirements:
+        if req.name not in known:
+            raise UnknownPluginError(
+                f"unknown plugin {req.name!r}; known plugins: {', '.join(sorted(known))} "
+                f"(third-party plugins register under the {ENTRY_POINT_GROUP!r} entry-point group)"
+            )

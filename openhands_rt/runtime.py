@@ -1,0 +1,218 @@
+"""EventStreamRuntime: the runtime is one subscriber of the event stream.
+
+It forwards every runnable action appended by an agent or a user to the
+sandbox's action channel, and appends each chunk and observation the sandbox
+sends back (source ``environment``, ``cause`` = the action's id). ``run()`` is
+a convenience on top: append, then wait for the observation that answers it.
+
+Subclasses make the sandbox (:class:`~openhands_rt.local.LocalRuntime`,
+:class:`~openhands_rt.docker_runtime.DockerRuntime`) by implementing
+``_start_sandbox`` and ``_stop_sandbox``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TypeVar
+
+from container_server.executor import ACTION_TYPES
+from events import (
+    Action,
+    Event,
+    EventSource,
+    EventStream,
+    Observation,
+    RuntimeStatus,
+    RuntimeStatusObservation,
+    Subscription,
+)
+from openhands_rt.channel import ChannelClient
+from openhands_rt.config import SandboxConfig
+from openhands_rt.errors import SandboxClosedError, SandboxError
+
+__all__ = ["EventStreamRuntime", "SandboxEndpoint"]
+
+logger = logging.getLogger(__name__)
+
+_RUNNABLE_SOURCES = (EventSource.AGENT, EventSource.USER)
+_R = TypeVar("_R", bound="EventStreamRuntime")
+
+
+@dataclass(frozen=True)
+class SandboxEndpoint:
+    """Where a sandbox's server listens."""
+
+    url: str  # ws://host:port/ws (with unix_socket: the URL used in the handshake)
+    api_key: str
+    unix_socket: str | None = None
+
+
+class EventStreamRuntime:
+    """Base class of runtimes; see the module docstring."""
+
+    def __init__(
+        self,
+        stream: EventStream,
+        config: SandboxConfig | None = None,
+        *,
+        session_id: str | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        self.stream = stream
+        self.config = config if config is not None else SandboxConfig()
+        self.session_id = session_id or uuid.uuid4().hex[:12]
+        # One identity per runtime instance: the server caches results per client.
+        self.client_id = client_id or uuid.uuid4().hex
+        self._channel: ChannelClient | None = None
+        self._subscription: Subscription | None = None
+        self._waiters: dict[int, asyncio.Future[Observation]] = {}
+        self._dispatched: set[int] = set()
+        self._closed = False
+        self._connected = False
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self: _R) -> _R:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _start_sandbox(self) -> SandboxEndpoint:
+        raise NotImplementedError
+
+    async def _stop_sandbox(self) -> None:
+        raise NotImplementedError
+
+    def report_status(self, status: RuntimeStatus, message: str = "") -> None:
+        """Append a RuntimeStatusObservation (source environment) to the stream."""
+        try:
+            self.stream.append(
+                RuntimeStatusObservation(status, message), source=EventSource.ENVIRONMENT
+            )
+        except Exception:
+            logger.exception("could not append a runtime status event")
+
+    async def connect(self) -> None:
+        """Start (or attach to) the sandbox and open the action channel."""
+        if self._closed:
+            raise SandboxClosedError("this runtime was closed; make a new one")
+        if self._connected:
+            return
+        self.report_status(RuntimeStatus.STARTING, f"starting sandbox {self.session_id}")
+        try:
+            endpoint = await self._start_sandbox()
+            channel = ChannelClient(
+                endpoint.url,
+                api_key=endpoint.api_key,
+                client_id=self.client_id,
+                on_event=self._on_channel_event,
+                unix_socket=endpoint.unix_socket,
+            )
+            await channel.open()
+        except BaseException as exc:
+            message = str(exc) if isinstance(exc, SandboxError) else f"{type(exc).__name__}: {exc}"
+            self.report_status(RuntimeStatus.ERROR, message)
+            await self._stop_quietly()
+            raise
+        self._channel = channel
+        self._subscription = self.stream.subscribe(
+            self._on_stream_event, subscriber_id=f"runtime-{self.client_id}"
+        )
+        self._connected = True
+        self.report_status(RuntimeStatus.READY, f"sandbox {self.session_id} is ready")
+
+    async def _stop_quietly(self) -> None:
+        try:
+            await self._stop_sandbox()
+        except Exception:
+            logger.exception("stopping sandbox %s failed", self.session_id)
+
+    def _sandbox_died(self, reason: str) -> None:
+        """The sandbox is gone: answer what is pending, report, allow connect() again."""
+        channel, self._channel = self._channel, None
+        if self._subscription is not None:
+            self._subscription.unsubscribe()
+            self._subscription = None
+        if channel is not None:
+            channel.fail_pending(reason)
+            task = asyncio.get_running_loop().create_task(channel.aclose())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        self._connected = False
+        self.report_status(RuntimeStatus.ERROR, reason)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._subscription is not None:
+            self._subscription.unsubscribe()
+            self._subscription = None
+        if self._channel is not None:
+            self._channel.fail_pending("the runtime was closed")
+            await self._channel.aclose()
+            self._channel = None
+        for future in self._waiters.values():
+            if not future.done():
+                future.set_exception(SandboxClosedError("the runtime was closed"))
+        self._waiters.clear()
+        await self._stop_sandbox()
+        self._connected = False
+        self.report_status(RuntimeStatus.CLOSED, f"sandbox {self.session_id} closed")
+
+    # ------------------------------------------------------------------ actions
+
+    async def run(self, action: Action) -> Observation:
+        """Append ``action`` (source agent), wait for its observation and return it."""
+        if self._closed or self._channel is None:
+            raise SandboxClosedError("the runtime is not connected")
+        stored = self.stream.append(action, source=EventSource.AGENT)
+        future: asyncio.Future[Observation] = asyncio.get_running_loop().create_future()
+        self._waiters[stored.id] = future
+        try:
+            if isinstance(stored, ACTION_TYPES):
+                self._dispatched.add(stored.id)
+                await self._channel.send(stored)
+            return await future
+        finally:
+            self._waiters.pop(stored.id, None)
+
+    async def _on_stream_event(self, event: Event) -> None:
+        if not isinstance(event, ACTION_TYPES) or event.source not in _RUNNABLE_SOURCES:
+            return
+        if event.id in self._dispatched:
+            # run() sent it already; the subscriber sees ids in order, so this is the
+            # last time anybody asks about this id.
+            self._dispatched.discard(event.id)
+            return
+        channel = self._channel
+        if channel is None:
+            return
+        with contextlib.suppress(SandboxClosedError):
+            await channel.send(event)
+
+    def _on_channel_event(self, event: Event) -> None:
+        try:
+            stored = self.stream.append(event, source=EventSource.ENVIRONMENT)
+        except Exception:
+            logger.exception("could not append %s to the stream", type(event).__name__)
+            return
+        if isinstance(stored, Observation) and stored.cause is not None:
+            future = self._waiters.get(stored.cause)
+            if future is not None and not future.done():
+                future.set_result(stored)

@@ -1,0 +1,144 @@
+"""Our containers: labels, owners, listing and reaping orphans.
+
+Every sandbox container carries labels saying it is ours, which session it
+serves, whether it is kept alive on purpose, and who owns it: the host name,
+the owner's pid and that pid's start time plus the boot id (a pid reused by
+another process, or a reboot, is not mistaken for a live owner). An *orphan*
+is a container of ours, not kept alive, whose owner on this host is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import aiodocker
+from aiodocker.exceptions import DockerError
+
+__all__ = [
+    "LABEL_KEEP_ALIVE",
+    "LABEL_OWNER",
+    "LABEL_SESSION",
+    "LABEL_VERSION",
+    "SandboxInfo",
+    "list_sandboxes",
+    "owner_alive",
+    "owner_labels",
+    "reap_orphans",
+]
+
+logger = logging.getLogger(__name__)
+
+LABEL_SESSION = "org.openhands-rt.session"
+LABEL_VERSION = "org.openhands-rt.version"
+LABEL_KEEP_ALIVE = "org.openhands-rt.keep-alive"
+LABEL_OWNER = "org.openhands-rt.owner"  # host/boot_id/pid/starttime
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("openhands-rt")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # Field 22 (starttime); the command name (field 2) may contain spaces and ')'.
+    return stat.rsplit(b")", 1)[1].split()[19].decode()
+
+
+def owner_labels(pid: int | None = None) -> dict[str, str]:
+    """Labels that identify this process as a container's owner."""
+    pid = os.getpid() if pid is None else pid
+    owner = f"{socket.gethostname()}/{_boot_id()}/{pid}/{_start_time(pid) or '?'}"
+    return {LABEL_OWNER: owner, LABEL_VERSION: _version()}
+
+
+def owner_alive(owner: str) -> bool | None:
+    """True/False for an owner on this host; None when it belongs to another host."""
+    try:
+        host, boot_id, pid_text, start = owner.split("/")
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return None
+    if boot_id != _boot_id():
+        return False
+    return _start_time(pid) == start
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    name: str
+    id: str
+    session_id: str
+    state: str
+    status: str
+    image: str
+    keep_alive: bool
+    owner: str
+    owner_alive: bool | None
+    version: str
+
+    @property
+    def orphan(self) -> bool:
+        return not self.keep_alive and self.owner_alive is False
+
+
+def _info(raw: dict[str, Any]) -> SandboxInfo:
+    labels = raw.get("Labels") or {}
+    owner = labels.get(LABEL_OWNER, "")
+    return SandboxInfo(
+        name=(raw.get("Names") or ["?"])[0].lstrip("/"),
+        id=raw.get("Id", "")[:12],
+        session_id=labels.get(LABEL_SESSION, ""),
+        state=raw.get("State", ""),
+        status=raw.get("Status", ""),
+        image=raw.get("Image", ""),
+        keep_alive=labels.get(LABEL_KEEP_ALIVE) == "true",
+        owner=owner,
+        owner_alive=owner_alive(owner),
+        version=labels.get(LABEL_VERSION, ""),
+    )
+
+
+async def list_sandboxes(docker: aiodocker.Docker) -> list[SandboxInfo]:
+    containers = await docker.containers.list(all=True, filters={"label": [LABEL_SESSION]})
+    return sorted((_info(c._container) for c in containers), key=lambda s: s.name)
+
+
+async def reap_orphans(docker: aiodocker.Docker, *, include_kept: bool = False) -> list[str]:
+    """Remove our containers whose owner is gone; returns their names."""
+    removed = []
+    for sandbox in await list_sandboxes(docker):
+        dead_owner = sandbox.owner_alive is False
+        if not dead_owner or (sandbox.keep_alive and not include_kept):
+            continue
+        try:
+            await docker.containers.container(sandbox.id).delete(force=True)
+        except DockerError as exc:
+            if exc.status != 404:
+                logger.warning("could not remove orphan %s: %s", sandbox.name, exc.message)
+            continue
+        logger.info("removed orphaned sandbox %s", sandbox.name)
+        removed.append(sandbox.name)
+    return removed
