@@ -83,7 +83,9 @@ def _check_timeout(event: "Event", timeout: float | None) -> None:
         msgspec.structs.force_setattr(event, "timeout", float(timeout))
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=True):
+class Event(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=True, gc=False
+):
     """Base of every event. ``id`` is -1 until the stream assigns one.
 
     ``extra`` keeps fields of a foreign format that we do not model (e.g. the

@@ -1,13 +1,540 @@
-"""Placeholder: EventStream is being written (issue 2)."""
+"""The event stream: one ordered history of events, many subscribers.
+
+:meth:`EventStream.append` gives each event the next id (gapless, from 0),
+a UTC timestamp and its source, hides secrets, and stores the copy. The
+history is the single source of truth: a subscriber is a cursor into it
+(the next id it has to see) plus a wake-up future it parks on when it has
+caught up. There is no per-subscriber queue of events, so a slow subscriber
+costs O(1) memory however far behind it falls, and ``append`` never waits
+for anyone. This follows the pull-by-position model of event sourcing; the
+wake-up is the push optimisation on top.
+
+Where the history lives: in memory, for the life of the stream (a durable
+stream also writes it to its :class:`~events.log.EventLog` and rehydrates it
+from there on reopen). That makes ``get``, ``iter_events`` and replay to a
+late subscriber O(1) per event and needs no disk reads, at the cost of
+memory proportional to the stream's length: fine for an agent session
+(thousands to a few million events), not for an unbounded firehose.
+
+Threads: ``append`` takes a lock and may be called from any thread; a
+subscriber woken from another thread is woken through
+``call_soon_threadsafe``. ``subscribe``, ``follow`` and ``unsubscribe``
+belong on the thread of the event loop that runs the deliveries (the stream
+binds to the loop of its first subscriber).
+
+Closing: ``aclose()`` (or leaving ``async with``) stops new appends, lets
+every subscriber finish the events appended before the close for up to
+``drain_timeout`` seconds, cancels those that have not, ends every
+``follow()`` once it has yielded the last event, and closes the log (written
+and synced). A subscriber that appends while being drained gets
+:class:`StreamClosedError` (logged like any callback error): close the
+runtime that subscribes before the stream. ``close()`` is the same for
+code without a running loop; it blocks until the log is synced and does
+not wait for deliveries.
+
+Error tree::
+
+    RuntimeError
+     └── StreamClosedError        append/subscribe after close
+    ValueError                    re-appending an event, duplicate subscriber id, bad id
+    events.log.LogError           from a durable stream: see events.log
+"""
 
 from __future__ import annotations
 
-__all__ = ["EventStream", "Subscription"]
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from types import TracebackType
+from typing import Final, TypeVar
+
+import msgspec
+
+from events.log import EventLog
+from events.models import Event, EventSource
+from events.secrets import SecretMasker
+
+__all__ = ["EventCallback", "EventStream", "StreamClosedError", "Subscription"]
+
+logger = logging.getLogger(__name__)
+
+EventCallback = Callable[[Event], Awaitable[None]]
+_E = TypeVar("_E", bound=Event)
+
+_YIELD_EVERY: Final = 256
+"""Deliveries in a row after which a catching-up subscriber yields to the loop.
+
+A callback that never suspends would otherwise run a long backlog in one go
+and starve every other task (the appender included).
+"""
+
+_replace: Final = msgspec.structs.replace
 
 
-class EventStream:
-    pass
+class StreamClosedError(RuntimeError):
+    """The stream was closed: it accepts no more events or subscribers."""
+
+
+_MICROS_AND_ZONE: Final = tuple(f"{i:03d}+00:00" for i in range(1000))
+
+
+class _UtcClock:
+    """ISO-8601 UTC timestamps with microseconds, formatting the rest once a millisecond.
+
+    ``datetime.now(timezone.utc).isoformat()`` costs ~0.9 µs, a large share
+    of an append; this costs ~0.15 µs. Not thread-safe: each stream owns one
+    and uses it under its lock.
+    """
+
+    __slots__ = ("_next", "_prefix", "_start")
+
+    def __init__(self) -> None:
+        self._start = 0  # the current millisecond, in µs since the epoch
+        self._next = 0
+        self._prefix = ""  # "YYYY-MM-DDTHH:MM:SS.mmm" of that millisecond
+
+    def now(self) -> str:
+        return self.at(int(time.time() * 1e6))
+
+    def at(self, micros: int) -> str:
+        """The timestamp of ``micros`` microseconds since the epoch."""
+        if micros >= self._next or micros < self._start:
+            self._roll(micros)
+        return self._prefix + _MICROS_AND_ZONE[micros - self._start]
+
+    def _roll(self, micros: int) -> None:
+        start = micros - micros % 1000
+        second, milli = divmod(start // 1000, 1000)
+        self._prefix = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(second))}.{milli:03d}"
+        self._start = start
+        self._next = start + 1000
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 class Subscription:
-    pass
+    """A callback's place in the stream; made by :meth:`EventStream.subscribe`."""
+
+    __slots__ = ("_active", "_callback", "_next_id", "_stream", "_subscriber_id", "_waiter")
+
+    def __init__(
+        self, stream: EventStream, callback: EventCallback, subscriber_id: str, next_id: int
+    ) -> None:
+        self._stream = stream
+        self._callback = callback
+        self._subscriber_id = subscriber_id
+        self._next_id = next_id
+        self._active = True
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self._subscriber_id!r} next_id={self._next_id}>"
+
+    @property
+    def subscriber_id(self) -> str:
+        return self._subscriber_id
+
+    @property
+    def next_id(self) -> int:
+        """The id of the next event this subscriber will be given."""
+        return self._next_id
+
+    @property
+    def active(self) -> bool:
+        """False once unsubscribed or once its delivery task ended."""
+        return self._active
+
+    def unsubscribe(self) -> None:
+        """Stop delivery: no callback starts after this returns (one already running finishes).
+
+        The subscriber id can be used again right away. Idempotent.
+        """
+        if not self._active:
+            return
+        self._active = False
+        self._stream._forget(self)
+        waiter = self._waiter
+        if waiter is not None:
+            self._stream._wake_futures([waiter])
+
+    async def _run(self) -> None:
+        stream = self._stream
+        events = stream._events
+        callback = self._callback
+        loop = asyncio.get_running_loop()
+        try:
+            while self._active:
+                position = self._next_id
+                end = len(events)
+                while position < end and self._active:
+                    event = events[position]
+                    position += 1
+                    self._next_id = position
+                    try:
+                        await callback(event)
+                    except Exception:
+                        logger.exception(
+                            "subscriber %r raised on event %d", self._subscriber_id, event.id
+                        )
+                    if not position % _YIELD_EVERY:
+                        await asyncio.sleep(0)
+                if position < len(events) or not self._active:
+                    continue
+                if stream._closed:
+                    return
+                waiter = self._waiter = loop.create_future()
+                stream._waiters.append(waiter)
+                # Re-check after registering: an append from another thread may have
+                # run between the length check above and the registration.
+                if position < len(events) or stream._closed or not self._active:
+                    continue
+                await waiter
+        finally:
+            self._waiter = None
+            if self._active:
+                self._active = False
+                stream._forget(self)
+
+
+class _Follower:
+    """The async iterator returned by :meth:`EventStream.follow`."""
+
+    __slots__ = ("_budget", "_next_id", "_stream")
+
+    def __init__(self, stream: EventStream, next_id: int) -> None:
+        self._stream = stream
+        self._next_id = next_id
+        self._budget = _YIELD_EVERY
+
+    def __aiter__(self) -> _Follower:
+        return self
+
+    async def __anext__(self) -> Event:
+        stream = self._stream
+        events = stream._events
+        while True:
+            position = self._next_id
+            if position < len(events):
+                self._next_id = position + 1
+                self._budget -= 1
+                if not self._budget:
+                    self._budget = _YIELD_EVERY
+                    await asyncio.sleep(0)
+                return events[position]
+            if stream._closed:
+                raise StopAsyncIteration
+            loop = stream._bind_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+            stream._waiters.append(waiter)
+            if self._next_id < len(events) or stream._closed:
+                continue
+            await waiter
+            self._budget = _YIELD_EVERY
+
+
+class EventStream:
+    """The ordered, append-only history of a session's events, with subscribers.
+
+    ``EventStream()`` keeps events in memory. ``EventStream(log_path=path)``
+    also writes them to a durable :class:`~events.log.EventLog`, opened and
+    recovered right here (blocking file I/O, once): a file that is not a log
+    raises :class:`~events.log.NotALogError` (a ``ValueError``) and is left
+    untouched; a log's events are loaded and ids continue after them. A log
+    is exclusively locked while a stream has it open
+    (:class:`~events.log.LogLockedError` otherwise).
+
+    ``drain_timeout`` (seconds) bounds how long :meth:`aclose` lets
+    subscribers finish the events appended before the close.
+    """
+
+    def __init__(
+        self, log_path: str | os.PathLike[str] | None = None, *, drain_timeout: float = 5.0
+    ) -> None:
+        if not drain_timeout >= 0:
+            raise ValueError(f"drain_timeout must be >= 0 seconds, got {drain_timeout!r}")
+        self._log = EventLog(log_path) if log_path is not None else None
+        # The stream takes over the recovered list and extends it from here on.
+        self._events: list[Event] = self._log.recovered if self._log is not None else []
+        self._drain_timeout = drain_timeout
+        self._lock = threading.Lock()
+        self._now = _UtcClock().now
+        self._masker: SecretMasker | None = None
+        self._closed = False
+        self._subscriptions: dict[str, Subscription] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._anonymous_ids = itertools.count()
+        self._stream_id = self._log.log_id if self._log is not None else uuid.uuid4().hex
+
+    def __repr__(self) -> str:
+        where = f"log={self._log.path!r}" if self._log is not None else "in memory"
+        return f"<EventStream {where} events={len(self._events)} closed={self._closed}>"
+
+    # ------------------------------------------------------------------ history
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def stream_id(self) -> str:
+        """This stream's identity (32 hex digits); a durable stream keeps it across reopens.
+
+        Runtimes use it as their client identity towards a sandbox, so that a
+        process that reopens the log after a crash gets the results of the
+        actions the sandbox already ran instead of running them again.
+        """
+        return self._stream_id
+
+    @property
+    def log_path(self) -> str | None:
+        """The durable log's path, ``None`` for an in-memory stream."""
+        return self._log.path if self._log is not None else None
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def get(self, event_id: int) -> Event:
+        """The stored event with this id; ``KeyError`` if there is none."""
+        if 0 <= event_id < len(self._events):
+            return self._events[event_id]
+        raise KeyError(event_id)
+
+    def iter_events(self, start_id: int = 0, end_id: int | None = None) -> Iterator[Event]:
+        """Stored events from ``start_id`` to ``end_id`` inclusive (default: the last one now).
+
+        The range is fixed when this is called; events appended later are not
+        included. Use :meth:`follow` to keep going.
+        """
+        if start_id < 0:
+            raise ValueError(f"start_id must be >= 0, got {start_id}")
+        events = self._events
+        stop = len(events) if end_id is None else min(end_id + 1, len(events))
+        return (events[i] for i in range(start_id, stop))
+
+    # ------------------------------------------------------------------ appending
+
+    def set_secrets(self, secrets: Mapping[str, str]) -> None:
+        """Hide these values in every event appended from now on.
+
+        Replaces the previous set; an empty value is ignored. Events already
+        stored are not changed. See :mod:`events.secrets` for what is masked.
+        """
+        masker = SecretMasker(secrets)
+        self._masker = masker if masker else None
+
+    def append(self, event: _E, source: EventSource = EventSource.AGENT) -> _E:
+        """Store ``event`` with the next id, a UTC timestamp and ``source``; return the copy.
+
+        Raises ``ValueError`` if the event already has an id (>= 0) or if
+        hiding secrets makes it invalid, :class:`StreamClosedError` after
+        close and, for a durable stream, ``TypeError`` for an event that
+        cannot be encoded and :class:`~events.log.LogWriteError` after a
+        disk error. Whenever it raises, nothing was stored and no id was used.
+        """
+        if not isinstance(event, Event):
+            raise TypeError(f"expected an Event, got {type(event).__name__}")
+        if event.id >= 0:
+            raise ValueError(f"event already has id {event.id}: append a new event instead")
+        if type(source) is not EventSource:
+            source = EventSource(source)
+        if self._masker is not None:
+            return self._append_masked(event, source, self._masker)
+        with self._lock:
+            if self._closed:
+                raise StreamClosedError("the event stream is closed")
+            stored = _replace(event, id=len(self._events), timestamp=self._now(), source=source)
+            if self._log is not None:
+                self._log.append(stored)
+            self._events.append(stored)
+        if self._waiters:
+            self._wake()
+        return stored
+
+    def _append_masked(self, event: _E, source: EventSource, masker: SecretMasker) -> _E:
+        changes = masker.changes(event)
+        with self._lock:
+            if self._closed:
+                raise StreamClosedError("the event stream is closed")
+            try:
+                stored = _replace(
+                    event, id=len(self._events), timestamp=self._now(), source=source, **changes
+                )
+            except ValueError as exc:
+                if not changes:
+                    raise
+                raise ValueError(f"hiding secrets made the event invalid: {exc}") from exc
+            if self._log is not None:
+                self._log.append(stored)
+            self._events.append(stored)
+        if self._waiters:
+            self._wake()
+        return stored
+
+    async def flush(self) -> None:
+        """Return once every event appended so far is on disk (no-op in memory).
+
+        Raises :class:`~events.log.LogWriteError` if the log failed.
+        """
+        if self._log is not None:
+            await self._log.flush()
+
+    # ------------------------------------------------------------------ subscribers
+
+    def subscribe(
+        self,
+        callback: EventCallback,
+        subscriber_id: str | None = None,
+        from_id: int | None = None,
+    ) -> Subscription:
+        """Deliver events to ``callback`` from a task the stream owns, starting now.
+
+        ``from_id=None``: only events appended after this call; ``from_id=N``:
+        the stored events from N on, then live ones, with no gap and no
+        duplicate (N may be beyond the last id: delivery starts when event N
+        arrives). The callback gets every event once, in id order, never two
+        at a time; if it raises, the error is logged and delivery goes on.
+        Must be called inside a running event loop. ``subscriber_id``
+        defaults to a fresh unique name; one already in use raises
+        ``ValueError``.
+        """
+        if self._closed:
+            raise StreamClosedError("the event stream is closed")
+        if from_id is not None and from_id < 0:
+            raise ValueError(f"from_id must be >= 0 or None, got {from_id}")
+        loop = self._bind_loop()
+        if subscriber_id is None:
+            subscriber_id = f"subscriber-{next(self._anonymous_ids)}"
+            while subscriber_id in self._subscriptions:
+                subscriber_id = f"subscriber-{next(self._anonymous_ids)}"
+        elif subscriber_id in self._subscriptions:
+            raise ValueError(f"subscriber id {subscriber_id!r} is already in use")
+        start = len(self._events) if from_id is None else from_id
+        subscription = Subscription(self, callback, subscriber_id, start)
+        self._subscriptions[subscriber_id] = subscription
+        task = loop.create_task(subscription._run(), name=f"event-subscriber:{subscriber_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return subscription
+
+    def follow(self, from_id: int = 0) -> _Follower:
+        """Iterate the stored events from ``from_id``, then live ones, until the stream closes."""
+        if from_id < 0:
+            raise ValueError(f"from_id must be >= 0, got {from_id}")
+        return _Follower(self, from_id)
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError("subscribing to an EventStream needs a running event loop") from None
+        if loop is not self._loop:
+            if self._loop is not None and not self._loop.is_closed() and self._tasks:
+                raise RuntimeError("this EventStream delivers events in another event loop")
+            self._waiters = []  # any left belong to the old loop, whose tasks are gone
+            self._loop = loop
+            self._loop_thread = threading.get_ident()
+        return loop
+
+    def _forget(self, subscription: Subscription) -> None:
+        if self._subscriptions.get(subscription.subscriber_id) is subscription:
+            del self._subscriptions[subscription.subscriber_id]
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "event delivery task %s failed", task.get_name(), exc_info=task.exception()
+            )
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        self._wake_futures(waiters)
+
+    def _wake_futures(self, waiters: list[asyncio.Future[None]]) -> None:
+        if threading.get_ident() == self._loop_thread:
+            _wake_all(waiters)
+        elif self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: its waiters are gone
+                self._loop.call_soon_threadsafe(_wake_all, waiters)
+
+    # ------------------------------------------------------------------ closing
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close: refuse appends, drain subscribers (bounded), end follows, sync the log.
+
+        Raises :class:`~events.log.LogWriteError` if some events never reached
+        the disk. Idempotent.
+        """
+        with self._lock:
+            self._closed = True
+        if self._log is not None:
+            self._log.start_close()  # the writer syncs what is queued while we drain
+        self._wake()
+        # A subscriber may close the stream from its own callback: its task ends by
+        # itself once that callback returns, so it must not wait for itself.
+        current = asyncio.current_task()
+        tasks = [task for task in self._tasks if not task.done() and task is not current]
+        try:
+            if tasks:
+                _, pending = await asyncio.wait(tasks, timeout=self._drain_timeout)
+                if pending:
+                    logger.warning(
+                        "cancelling %d event subscribers still busy %.1f s after close",
+                        len(pending),
+                        self._drain_timeout,
+                    )
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.wait(pending)
+        finally:
+            for task in tasks:
+                task.cancel()  # only matters if we were cancelled ourselves
+        if self._log is not None:
+            await self._log.aclose()
+
+    def close(self) -> None:
+        """Close from code without a running event loop; blocks until the log is synced.
+
+        Subscribers are woken to finish on their own loop. Inside a running
+        loop use :meth:`aclose`: there, closing a durable stream with this
+        raises ``RuntimeError`` rather than block the loop on the disk.
+        """
+        if self._log is not None and _loop_running():
+            raise RuntimeError("EventStream.close() would block the event loop; use aclose()")
+        with self._lock:
+            self._closed = True
+        self._wake()
+        if self._log is not None:
+            self._log.close()

@@ -850,9 +850,8 @@ class RecordedRuntime(EventStreamRuntime):
                 error_id=REPLAY_MISMATCH_ERROR_ID,
                 cause=action.id,
             )
-            stored = self.stream.append(missing, source=EventSource.ENVIRONMENT)
-            assert isinstance(stored, Observation)
-            return stored, None
+            refusal = self.stream.append(missing, source=EventSource.ENVIRONMENT)
+            return refusal, None
         for chunk in self.recording.chunks_of(expected.action.id):
             self.stream.append(_fresh(chunk, action.id), source=EventSource.ENVIRONMENT)
         stored = self.stream.append(

@@ -66,8 +66,10 @@ class EventStreamRuntime:
         self.stream = stream
         self.config = config if config is not None else SandboxConfig()
         self.session_id = session_id or uuid.uuid4().hex[:12]
-        # One identity per runtime instance: the server caches results per client.
-        self.client_id = client_id or uuid.uuid4().hex
+        # The server caches results per (client, action id). Action ids are unique
+        # within a stream, and a durable stream keeps its id across reopens, so a
+        # process that reopens the log after a crash is the same client.
+        self.client_id = client_id or stream.stream_id
         self._channel: ChannelClient | None = None
         self._subscription: Subscription | None = None
         self._waiters: dict[int, asyncio.Future[Observation]] = {}
@@ -128,11 +130,42 @@ class EventStreamRuntime:
             await self._stop_quietly()
             raise
         self._channel = channel
+        # Events before this id are history (scanned for unanswered actions below);
+        # the subscription delivers every later one.
+        boundary = len(self.stream)
         self._subscription = self.stream.subscribe(
-            self._on_stream_event, subscriber_id=f"runtime-{self.client_id}"
+            self._on_stream_event, subscriber_id=f"runtime-{self.session_id}-{uuid.uuid4().hex[:8]}"
         )
         self._connected = True
-        self.report_status(RuntimeStatus.READY, f"sandbox {self.session_id} is ready")
+        resumed = await self._resume_pending(boundary)
+        note = f"; resent {resumed} unanswered action(s)" if resumed else ""
+        self.report_status(RuntimeStatus.READY, f"sandbox {self.session_id} is ready{note}")
+
+    def pending_actions(self, end: int | None = None) -> list[Action]:
+        """Runnable agent/user actions (ids below ``end``) that no observation answers yet."""
+        answered: set[int] = set()
+        actions: list[Action] = []
+        last = None if end is None else end - 1
+        for event in self.stream.iter_events(0, last):
+            if isinstance(event, Observation) and event.cause is not None:
+                answered.add(event.cause)
+            elif isinstance(event, ACTION_TYPES) and event.source in _RUNNABLE_SOURCES:
+                actions.append(event)
+        return [a for a in actions if a.id not in answered]
+
+    async def _resume_pending(self, boundary: int) -> int:
+        # After a crash (or an action appended while no runtime was connected) the
+        # stream holds actions nobody answered. Sending them again is safe: the server
+        # answers ids it already ran for this client from its result cache.
+        channel = self._channel
+        if channel is None:
+            return 0
+        if boundary == 0:
+            return 0
+        pending = self.pending_actions(boundary)
+        for action in pending:
+            await channel.send(action)
+        return len(pending)
 
     async def _stop_quietly(self) -> None:
         try:

@@ -19,7 +19,7 @@ import pytest
 from aiodocker.exceptions import DockerError
 
 from openhands_rt.docker_client import open_docker
-from openhands_rt.image import DEFAULT_BASE_IMAGE, bootstrap_base_image
+from openhands_rt.image import DEFAULT_BASE_IMAGE, bootstrap_base_image, build_runtime_image
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,15 @@ async def docker() -> AsyncIterator[aiodocker.Docker]:
 def base_image() -> str:
     """The bootstrapped base image (debootstrap + import when missing; never removed)."""
     return asyncio.run(bootstrap_base_image(DEFAULT_BASE_IMAGE))
+
+
+@pytest.fixture(scope="session")
+def runtime_image(base_image: str, test_repository: str, test_labels: dict[str, str]) -> str:
+    """The runtime image of this source tree, built once into the test repository."""
+    result = asyncio.run(
+        build_runtime_image(base_image, repository=test_repository, labels=test_labels)
+    )
+    return result.image
 
 
 async def remove_labelled(label: str) -> list[str]:

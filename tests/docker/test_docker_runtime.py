@@ -7,6 +7,7 @@ engine has it registered (``.ci/run`` registers it, so in CI both run).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import sys
@@ -33,7 +34,6 @@ from events import (
 from openhands_rt import DockerRuntime, SandboxConfig, SandboxError, SandboxStartError
 from openhands_rt.docker_client import open_docker
 from openhands_rt.docker_runtime import CONTAINER_PREFIX
-from openhands_rt.image import build_runtime_image
 from openhands_rt.sandboxes import (
     LABEL_KEEP_ALIVE,
     LABEL_OWNER,
@@ -63,14 +63,6 @@ OCI_RUNTIMES = ["runc"]
 if os.environ.get("CI") or "runsc" in _engine_runtimes():
     # In CI the engine must have gVisor: a missing runsc fails these tests, never skips them.
     OCI_RUNTIMES.append("runsc")
-
-
-@pytest.fixture(scope="session")
-def runtime_image(base_image: str, test_repository: str, test_labels: dict[str, str]) -> str:
-    result = asyncio.run(
-        build_runtime_image(base_image, repository=test_repository, labels=test_labels)
-    )
-    return result.image
 
 
 @pytest.fixture
@@ -228,8 +220,12 @@ async def test_container_killed_mid_action(stream: EventStream, make_config: Con
 
 
 async def test_six_sandboxes_start_concurrently(make_config: ConfigFactory) -> None:
-    async with EventStream() as stream:
-        runtimes = [DockerRuntime(stream, make_config(), session_id=session_id()) for _ in range(6)]
+    # One stream per runtime: a runtime runs every action on its stream.
+    streams = [EventStream() for _ in range(6)]
+    async with contextlib.AsyncExitStack() as stack:
+        for s in streams:
+            await stack.enter_async_context(s)
+        runtimes = [DockerRuntime(s, make_config(), session_id=session_id()) for s in streams]
         durations: list[float] = []
 
         async def start(rt: DockerRuntime) -> None:
@@ -334,12 +330,12 @@ async def test_fork_bomb_is_contained(
         # Every process forks for 4 s, then exits: a real exponential fork bomb that
         # cleans up after itself, so the test needs no fork to stop it.
         bomb = (
-            "python3 -c \"import os, time\n"
+            'python3 -c "import os, time\n'
             "end = time.time() + 4\n"
             "while time.time() < end:\n"
             "    try:\n        os.fork()\n"
             "    except OSError:\n        time.sleep(0.05)\n"
-            "os._exit(0)\" 2>/dev/null; sleep 2; echo contained"
+            'os._exit(0)" 2>/dev/null; sleep 2; echo contained'
         )
         obs = await sh(rt, bomb, blocking=True, timeout=60)
         assert "contained" in obs.content

@@ -214,3 +214,19 @@ async def test_error_observation_for_missing_file(runtime: LocalRuntime) -> None
     obs = await runtime.run(FileReadAction("/definitely/not/here.txt"))
     assert isinstance(obs, ErrorObservation)
     assert "not found" in obs.content.lower()
+
+
+async def test_actions_appended_before_connect_are_run_once(tmp_path: Path) -> None:
+    stream = EventStream()
+    async with stream:
+        early = stream.append(CmdRunAction(f"echo early >> {tmp_path}/log"))
+        async with LocalRuntime(stream, SandboxConfig(workspace_dir=str(tmp_path))) as rt:
+            await rt.run(CmdRunAction("true"))  # the shell runs the resent one first
+            assert [a.id for a in rt.pending_actions()] == []
+        answers = [
+            e
+            for e in stream.iter_events()
+            if isinstance(e, CmdOutputObservation) and e.cause == early.id
+        ]
+    assert len(answers) == 1
+    assert (tmp_path / "log").read_text() == "early\n"
