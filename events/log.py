@@ -166,17 +166,19 @@ def scan_log(data: bytes | bytearray | memoryview) -> LogScan:
     """
     view = memoryview(data)
     size = len(view)
+    if size >= len(HEADER) and bytes(view[: len(MAGIC)]) == MAGIC:
+        (version,) = _U32.unpack_from(view, len(MAGIC))
+        if version != FORMAT_VERSION:
+            raise NotALogError(
+                f"unsupported event log format version {version} "
+                f"(this code reads {FORMAT_VERSION})"
+            )
     if size < HEADER_SIZE:
         if HEADER.startswith(bytes(view[: len(HEADER)])):
             return LogScan(end=0, header_torn=size > 0, torn=size > 0)
         raise NotALogError("not an event log: the file does not start with the log header")
     if bytes(view[: len(MAGIC)]) != MAGIC:
         raise NotALogError("not an event log: the file does not start with the log header")
-    (version,) = _U32.unpack_from(view, len(MAGIC))
-    if version != FORMAT_VERSION:
-        raise NotALogError(
-            f"unsupported event log format version {version} (this code reads {FORMAT_VERSION})"
-        )
     scan = LogScan(end=HEADER_SIZE, log_id=bytes(view[len(HEADER) : HEADER_SIZE]).hex())
     pos = HEADER_SIZE
     events = scan.events
