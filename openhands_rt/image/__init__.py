@@ -11,6 +11,7 @@ from openhands_rt.image.build import (
     BuildFrom,
     BuildResult,
     build_runtime_image,
+    runtime_image_tags,
 )
 from openhands_rt.image.progress import ProgressCallback
 from openhands_rt.image.tags import (
@@ -32,6 +33,7 @@ __all__ = [
     "ProgressCallback",
     "bootstrap_base_image",
     "build_runtime_image",
+    "runtime_image_tags",
     "compute_tags",
     "default_version",
     "dir_hash",

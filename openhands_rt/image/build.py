@@ -42,6 +42,7 @@ from openhands_rt.image.dockerfile import (
     render_prelude,
     system_packages_step,
 )
+from openhands_rt.image.local_wheels import LocalWheel, resolve_local_requirements
 from openhands_rt.image.probe import ImageProbe, PythonInfo, probe_image
 from openhands_rt.image.progress import ProgressCallback, report
 from openhands_rt.image.project import (
@@ -63,6 +64,7 @@ __all__ = [
     "BuildFrom",
     "BuildResult",
     "build_runtime_image",
+    "runtime_image_tags",
 ]
 
 logger = logging.getLogger(__name__)
@@ -113,15 +115,25 @@ def _resolve_inputs(
     lock_files: Sequence[Path] | None,
     source_dirs: Sequence[Path] | None,
     plugins: Sequence[str | PluginLike],
+    local: Mapping[str, LocalWheel],
 ) -> _Inputs:
     project = find_project()
     pins = locked_versions(project.lock_file)
     by_plugin = plugin_requirements(plugins, project.pyproject)
+    # A requirement on a host path is installed from its wheel and locked by its hash.
+    to_install = {
+        name: [local[r].install_requirement if r in local else r for r in reqs]
+        for name, reqs in by_plugin.items()
+    }
+    to_lock = {
+        name: [local[r].lock_entry if r in local else r for r in reqs]
+        for name, reqs in by_plugin.items()
+    }
     requirements = image_requirements(project.pyproject)
-    requirements += sorted({req for reqs in by_plugin.values() for req in reqs})
+    requirements += sorted({req for reqs in to_install.values() for req in reqs})
     if lock_files is None:
         lock_files = [project.pyproject, project.lock_file]
-        plugin_lock = render_plugin_lock(by_plugin, pins)
+        plugin_lock = render_plugin_lock(to_lock, pins)
         if plugin_lock:
             lock_files.append(plugin_lock_file(plugin_lock))
     dirs = tuple(project.source_dirs if source_dirs is None else source_dirs)
@@ -136,6 +148,40 @@ def _resolve_inputs(
         pins=pins,
         plugin_names=tuple(sorted(by_plugin)),
     )
+
+
+async def _inputs_for(
+    base_image: str,
+    version: str | None,
+    lock_files: Sequence[Path] | None,
+    source_dirs: Sequence[Path] | None,
+    plugins: Sequence[str | PluginLike],
+    on_progress: ProgressCallback | None,
+) -> _Inputs:
+    own = [req for plugin in plugins if not isinstance(plugin, str) for req in plugin.requirements]
+    local = await resolve_local_requirements(own, on_progress=on_progress)
+    return await anyio.to_thread.run_sync(
+        _resolve_inputs, base_image, version, lock_files, source_dirs, plugins, local
+    )
+
+
+async def runtime_image_tags(
+    base_image: str,
+    *,
+    plugins: Sequence[str | PluginLike] = (),
+    version: str | None = None,
+    lock_files: Sequence[Path] | None = None,
+    source_dirs: Sequence[Path] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> ImageTags:
+    """The tags :func:`build_runtime_image` would give this image, without any engine.
+
+    Plugins on host paths are resolved to their wheels (a project directory is
+    built into one, see :mod:`openhands_rt.image.local_wheels`), since their
+    bytes enter the lock tag.
+    """
+    inputs = await _inputs_for(base_image, version, lock_files, source_dirs, plugins, on_progress)
+    return inputs.tags
 
 
 async def build_runtime_image(
@@ -154,7 +200,9 @@ async def build_runtime_image(
     """Make sure a runtime image for ``base_image`` exists; build what is missing.
 
     ``plugins`` (names or ``PluginRequirement``s) add their requirements to the
-    image and to its lock tag. ``version``, ``lock_files`` and ``source_dirs``
+    image and to its lock tag; a requirement may point at a wheel or a project
+    directory on this host (``"name @ file:///path"``, see
+    :mod:`openhands_rt.image.local_wheels`). ``version``, ``lock_files`` and ``source_dirs``
     default to this package's version, ``pyproject.toml`` + ``uv.lock`` (+ the
     plugins' pinned requirements) and ``events/`` + ``container_server/``; tests
     override them, and ``repository``, to build side images. ``labels`` are added
@@ -166,9 +214,7 @@ async def build_runtime_image(
     :class:`SandboxBuildError` when the image cannot be built.
     """
     started = time.monotonic()
-    inputs = await anyio.to_thread.run_sync(
-        _resolve_inputs, base_image, version, lock_files, source_dirs, plugins
-    )
+    inputs = await _inputs_for(base_image, version, lock_files, source_dirs, plugins, on_progress)
     tags = inputs.tags
     refs = {
         "source": f"{repository}:{tags.source_tag}",

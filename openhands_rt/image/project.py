@@ -169,7 +169,8 @@ def render_plugin_lock(requirements: Mapping[str, Sequence[str]], pins: Mapping[
 
     Deterministic (same plugins → same bytes, whatever their order) and empty when
     no plugin is requested, so a plugin-less lock tag is the plain
-    ``pyproject.toml`` + ``uv.lock`` one.
+    ``pyproject.toml`` + ``uv.lock`` one. A direct reference (``name @ …``) is
+    written as given: it names exactly what is installed, a pin would not.
     """
     if not requirements:
         return b""
@@ -178,8 +179,13 @@ def render_plugin_lock(requirements: Mapping[str, Sequence[str]], pins: Mapping[
         lines.append(f"# plugin: {name}")
         for requirement in sorted(requirements[name], key=requirement_name):
             project = requirement_name(requirement)
-            lines.append(f"{project}=={pins[project]}" if project in pins else requirement)
+            pinned = project in pins and not _is_direct_reference(requirement)
+            lines.append(f"{project}=={pins[project]}" if pinned else requirement)
     return ("\n".join(lines) + "\n").encode()
+
+
+def _is_direct_reference(requirement: str) -> bool:
+    return "@" in requirement.split(";", 1)[0]
 
 
 def plugin_lock_file(content: bytes) -> Path:

@@ -10,6 +10,9 @@ that Python (a 3.10 image, say) the pins are relaxed to "not newer than the
 lock". The result is cached per (pip, interpreter, platform, requirements,
 pins) under ``~/.cache/openhands-rt/wheelhouse/<key>``; ``requirements.txt``
 there pins every wheel and is written last, marking the wheelhouse complete.
+A requirement on a wheel of this host (``name @ file:///…/x.whl#sha256=…``, see
+:mod:`openhands_rt.image.local_wheels`) is copied by ``pip download`` like one
+from the index, hash-checked, its dependencies resolved with the rest.
 """
 
 from __future__ import annotations
@@ -43,8 +46,10 @@ __all__ = [
     "PIP_WHEEL",
     "Wheelhouse",
     "ensure_pip_wheel",
+    "parse_wheel_name",
     "platform_tags",
     "prepare_wheelhouse",
+    "run_pip",
     "wheel_pins",
 ]
 
@@ -103,16 +108,21 @@ def platform_tags(python: PythonInfo) -> list[str]:
     return tags
 
 
+def parse_wheel_name(filename: str) -> tuple[str, str] | None:
+    """(normalized project name, version) of a wheel file name; None for anything else (pure)."""
+    match = _WHEEL_NAME.match(filename)
+    if match is None:
+        return None
+    return normalize_name(match.group("name")), match.group("version")
+
+
 def wheel_pins(wheel_names: Sequence[str]) -> list[str]:
     """``name==version`` per wheel file name, sorted, pip itself left out (pure)."""
     pins = []
     for filename in wheel_names:
-        match = _WHEEL_NAME.match(filename)
-        if match is None:
-            continue
-        name = normalize_name(match.group("name"))
-        if name != "pip":
-            pins.append(f"{name}=={match.group('version')}")
+        parsed = parse_wheel_name(filename)
+        if parsed is not None and parsed[0] != "pip":
+            pins.append(f"{parsed[0]}=={parsed[1]}")
     return sorted(pins)
 
 
@@ -254,21 +264,39 @@ async def _pip_download(
     """Run ``pip download``; None on success, else pip's last output lines."""
     constraints_file = destination / "constraints.txt"
     await anyio.Path(constraints_file).write_text(constraints)
-    argv = [
-        sys.executable,
-        str(pip_wheel / "pip"),
-        "download",
+    arguments = [
         "--only-binary=:all:",
-        "--disable-pip-version-check",
-        "--no-input",
-        "--progress-bar",
-        "off",
         *target,
         "--dest",
         str(destination),
         "--constraint",
         str(constraints_file),
         *requirements,
+    ]
+    return await run_pip(pip_wheel, "download", arguments, on_progress=on_progress)
+
+
+async def run_pip(
+    pip_wheel: Path,
+    command: str,
+    arguments: Sequence[str],
+    *,
+    on_progress: ProgressCallback | None = None,
+) -> list[str] | None:
+    """Run ``pip COMMAND ARGUMENTS...`` from its wheel on the host.
+
+    Returns None on success, else pip's last output lines. Every line goes to
+    ``on_progress`` and the debug log as it comes.
+    """
+    argv = [
+        sys.executable,
+        str(pip_wheel / "pip"),
+        command,
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
+        *arguments,
     ]
     logger.info("running %s", " ".join(argv))
     process = await asyncio.create_subprocess_exec(
