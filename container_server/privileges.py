@@ -9,7 +9,7 @@ by root, the user is granted write access to it (ownership of the top
 directory only) rather than the sandbox running as root.
 
 Capabilities needed for this, and only until the switch: CHOWN, SETUID,
-SETGID, DAC_OVERRIDE, FOWNER. After ``setuid`` to a non-root uid the kernel
+SETGID, DAC_OVERRIDE (see docs/containment.md). After ``setuid`` to a non-root uid the kernel
 clears every capability.
 """
 

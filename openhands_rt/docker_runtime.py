@@ -10,14 +10,28 @@ bind-mounted into the container.
 
 The container starts as root only long enough for the server to become the
 sandbox user (see :mod:`container_server.privileges`); every capability is
-dropped except the five that switch needs, ``no-new-privileges`` is set, and
+dropped except the four that switch needs, ``no-new-privileges`` is set, and
 Docker's init reaps zombies. Readiness is the server's own "listening on" line
 in the container's log stream (an event, not a poll), under a deadline.
 
-A container that exits while the runtime uses it (``docker kill``, OOM of the
-server, ...) is noticed through Docker's wait endpoint: the pending actions are
-answered with ``ErrorObservation`` and a ``RuntimeStatusObservation(error)`` is
-appended; ``connect()`` then starts a fresh sandbox.
+A container that exits while the runtime uses it (``docker kill``, the server
+killed or OOM-killed: the server is the init's only child, so its death ends
+the container) is noticed through Docker's wait endpoint: the pending actions
+are answered with ``ErrorObservation`` and a ``RuntimeStatusObservation(error)``
+is appended. Then either the caller's ``connect()`` starts a fresh sandbox, or,
+with ``auto_restart=True``, the runtime starts the same container again by
+itself (processes lost, the container's files kept except tmpfs mounts; at
+most :data:`RESTART_LIMIT` times per :data:`RESTART_WINDOW` seconds) and
+reports ``ready`` with a "restarted" message. Losing the Docker engine itself
+is reported the same way but never restarted.
+
+``read_only_root=True`` makes the root filesystem read-only; /tmp, the sandbox
+user's home and (when no ``workspace_dir`` is mounted) /workspace are then
+size-limited tmpfs mounts owned by the sandbox user. Where the user must be
+re-numbered to the workspace owner's uid, the image's /etc/passwd and
+/etc/group (read from a never-started container) are rewritten on the host
+and bind-mounted read-only, because the server cannot rewrite them in place.
+See docs/containment.md for what is and is not limited.
 """
 
 from __future__ import annotations
@@ -29,10 +43,14 @@ import os
 import secrets
 import shutil
 import tempfile
+import time
+from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiodocker
+import aiohttp
 from aiodocker.exceptions import DockerError
 
 from events import EventStream, RuntimeStatus
@@ -47,7 +65,7 @@ from openhands_rt.sandboxes import (
     reap_orphans,
 )
 
-__all__ = ["CONTAINER_PREFIX", "SERVER_PORT", "DockerRuntime"]
+__all__ = ["CONTAINER_PREFIX", "RESTART_LIMIT", "RESTART_WINDOW", "SERVER_PORT", "DockerRuntime"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +75,44 @@ SERVER_PYTHON = "/openhands_rt/venv/bin/python"
 SOCKET_DIR_IN_CONTAINER = "/openhands_rt/sock"
 SANDBOX_USER = "openhands"
 # Needed only while the server switches from root to the sandbox user; the
-# kernel clears them all at setuid to a non-root uid.
-SWITCH_CAPABILITIES = ["CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER"]
+# kernel clears them all at setuid to a non-root uid. SETUID/SETGID: the switch
+# itself; CHOWN: giving a root-owned workspace, or a home re-numbered to the
+# workspace owner, to the sandbox user; DAC_OVERRIDE: reading private
+# directories of that home while re-numbering. Nothing else (FOWNER included)
+# is needed: docs/containment.md.
+SWITCH_CAPABILITIES = ["CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE"]
 RUNSC_MEMORY_HEADROOM_MB = 256
+# Writable tmpfs sizes with read_only_root (MB); each is capped at a quarter of
+# memory_mb, because tmpfs pages are charged to the container's memory and a
+# full tmpfs must end in ENOSPC, not in the OOM killer taking the server.
+TMPFS_TMP_MB = 512
+TMPFS_HOME_MB = 256
+TMPFS_WORKSPACE_MB = 1024
+_TMPFS_MIN_MB = 16
+# auto_restart gives up when the container dies this often within the window:
+# a server that cannot stay up is reported, not restarted forever.
+RESTART_LIMIT = 3
+RESTART_WINDOW = 60.0
 _LISTENING = "listening on "
+_DOCKER_UNREACHABLE = 900  # aiodocker's DockerError status for "cannot connect"
 _LOG_TAIL = 50
 
 
+@dataclass
+class _WritablePlaces:
+    """What a read-only-root container gets mounted to stay usable."""
+
+    tmpfs: dict[str, str] = field(default_factory=dict)
+    binds: list[str] = field(default_factory=list)
+
+
 class DockerRuntime(EventStreamRuntime):
-    """A sandbox in a Docker container (see the module docstring)."""
+    """A sandbox in a Docker container (see the module docstring).
+
+    ``auto_restart=True``: when the container exits unexpectedly and still
+    exists, start it again (see the module docstring); off by default, so
+    that a dead sandbox stays dead until the caller decides.
+    """
 
     def __init__(
         self,
@@ -75,6 +122,7 @@ class DockerRuntime(EventStreamRuntime):
         session_id: str | None = None,
         client_id: str | None = None,
         docker: aiodocker.Docker | None = None,
+        auto_restart: bool = False,
     ) -> None:
         super().__init__(stream, config, session_id=session_id, client_id=client_id)
         self._docker = docker
@@ -82,8 +130,15 @@ class DockerRuntime(EventStreamRuntime):
         self.container: Any = None  # aiodocker DockerContainer
         self.image: str | None = None
         self.attached = False
+        self.auto_restart = auto_restart
+        self.restarts = 0  # how many times auto_restart brought the container back
         self._watcher: asyncio.Task[None] | None = None
+        self._restarter: asyncio.Task[None] | None = None
+        self._restarting = False
+        self._restart_times: deque[float] = deque(maxlen=RESTART_LIMIT)
+        self._connect_lock = asyncio.Lock()
         self._socket_dir: str | None = None
+        self._etc_dir: str | None = None
         self._stopping = False
 
     @property
@@ -95,6 +150,30 @@ class DockerRuntime(EventStreamRuntime):
             self._docker = aiodocker.Docker()
         return self._docker
 
+    async def connect(self) -> None:
+        # Serialized: an automatic restart and the caller's connect() must not both start one.
+        async with self._connect_lock:
+            await super().connect()
+
+    def report_status(self, status: RuntimeStatus, message: str = "") -> None:
+        if self._restarting and status is RuntimeStatus.READY:
+            message = f"restarted: {message}; {self._restart_note()}"
+        super().report_status(status, message)
+
+    def _restart_note(self) -> str:
+        if self.config.read_only_root:
+            kept = "the root filesystem is read-only" + (
+                " and the workspace is mounted" if self.config.workspace_dir else ""
+            )
+            lost = "the tmpfs mounts (/tmp, the home directory"
+            lost += ")" if self.config.workspace_dir else ", /workspace)"
+        else:
+            kept = "the container's files are kept"
+            # gVisor mounts its own in-memory /tmp unless the container has one.
+            lost = "/tmp" if self.config.oci_runtime == "runsc" else ""
+        gone = "its processes and shell state" + (f" and {lost}" if lost else "")
+        return f"{self.container_name} was started again: {gone} are gone; {kept}"
+
     # ------------------------------------------------------------------ start
 
     async def _start_sandbox(self) -> SandboxEndpoint:
@@ -104,6 +183,13 @@ class DockerRuntime(EventStreamRuntime):
         try:
             await reap_orphans(docker)
             existing = await self._existing_container()
+            if self._restarting:
+                if existing is None:
+                    raise SandboxError(
+                        f"{self.container_name} was removed, so it cannot be started again; "
+                        "connect() makes a fresh sandbox"
+                    )
+                return await self._start_again(existing)
             if existing is not None:
                 endpoint = await self._attach(existing)
                 if endpoint is not None:
@@ -111,10 +197,12 @@ class DockerRuntime(EventStreamRuntime):
             self.image = await self._resolve_image()
             return await self._create_and_start(self.image)
         except DockerError as exc:
+            if exc.status == _DOCKER_UNREACHABLE:
+                raise SandboxError(f"cannot reach the Docker engine: {exc.message}") from exc
             raise SandboxError(f"Docker refused: {exc.message}") from exc
         except aiodocker.exceptions.DockerContainerError as exc:  # pragma: no cover - subclass
             raise SandboxError(f"Docker refused: {exc}") from exc
-        except OSError as exc:
+        except (OSError, aiohttp.ClientError) as exc:
             raise SandboxError(f"cannot reach the Docker engine: {exc}") from exc
 
     async def _existing_container(self) -> Any:
@@ -125,23 +213,50 @@ class DockerRuntime(EventStreamRuntime):
                 return None
             raise
 
+    def _api_key_of(self, info: Mapping[str, Any]) -> str:
+        env = dict(e.split("=", 1) for e in info["Config"].get("Env") or [] if "=" in e)
+        api_key: str = env.get("SESSION_API_KEY", "")
+        if not api_key:
+            raise SandboxError(
+                f"container {self.container_name} exists but is not an openhands-rt sandbox "
+                "(no session key); remove it or choose another session id"
+            )
+        return api_key
+
     async def _attach(self, container: Any) -> SandboxEndpoint | None:
         """Attach to a running container of this session, or clear a dead one away."""
         info = await container.show()
         if not info["State"].get("Running"):
             await container.delete(force=True)
             return None
-        env = dict(e.split("=", 1) for e in info["Config"].get("Env") or [] if "=" in e)
-        api_key = env.get("SESSION_API_KEY")
-        if not api_key:
-            raise SandboxError(
-                f"container {self.container_name} exists but is not an openhands-rt sandbox "
-                "(no session key); remove it or choose another session id"
-            )
+        api_key = self._api_key_of(info)
         self.container = container
         self.attached = True
         endpoint = self._endpoint_from(info, api_key)
         self.report_status(RuntimeStatus.STARTING, f"attached to running {self.container_name}")
+        self._watch(container)
+        return endpoint
+
+    async def _start_again(self, container: Any) -> SandboxEndpoint:
+        """Start this session's stopped container again (auto_restart)."""
+        info = await container.show()
+        if info["State"].get("Running"):
+            endpoint = await self._attach(container)
+            assert endpoint is not None
+            return endpoint
+        if info["State"].get("Status") in ("removing", "dead"):
+            raise SandboxError(
+                f"{self.container_name} is being removed, so it cannot be started again; "
+                "connect() makes a fresh sandbox"
+            )
+        api_key = self._api_key_of(info)
+        self.container = container
+        self.report_status(RuntimeStatus.STARTING, f"starting {self.container_name} again")
+        # The log still holds the previous run's "listening on" line: read only newer ones.
+        since = time.time()
+        await container.start()
+        await self._until_listening(container, since=since)
+        endpoint = self._endpoint_from(await container.show(), api_key)
         self._watch(container)
         return endpoint
 
@@ -176,8 +291,8 @@ class DockerRuntime(EventStreamRuntime):
             on_progress=progress,
             docker=docker,
         )
-        image: str = result.image
-        return image
+        built: str = result.image
+        return built
 
     def _workspace_owner(self) -> tuple[str | None, int | None]:
         if self.config.workspace_dir is None:
@@ -186,7 +301,85 @@ class DockerRuntime(EventStreamRuntime):
         os.makedirs(path, exist_ok=True)
         return path, os.stat(path).st_uid
 
-    def _container_config(self, image: str, api_key: str) -> dict[str, Any]:
+    def _user_id_flag(self, owner_uid: int | None) -> int | None:
+        """The uid the sandbox user is re-numbered to (``--user-id``), if any."""
+        if self.config.run_as_root or owner_uid is None or owner_uid == 0:
+            return None
+        return owner_uid
+
+    def _tmpfs_size_mb(self, default_mb: int) -> int:
+        if self.config.memory_mb is None:
+            return default_mb
+        return min(default_mb, max(_TMPFS_MIN_MB, self.config.memory_mb // 4))
+
+    async def _writable_places(self, image: str) -> _WritablePlaces:
+        """Mounts that keep a read-only-root sandbox usable (see the module docstring)."""
+        _, owner_uid = self._workspace_owner()
+        wanted_uid = self._user_id_flag(owner_uid)
+        username = "root" if self.config.run_as_root else SANDBOX_USER
+        passwd, group = await self._image_files(image, ("/etc/passwd", "/etc/group"))
+        entry = next(
+            (f for f in (line.split(":") for line in passwd.splitlines()) if f[0] == username),
+            None,
+        )
+        if entry is None or len(entry) < 6:
+            raise SandboxError(f"image {image} has no user {username!r} in /etc/passwd")
+        uid, gid, home = int(entry[2]), int(entry[3]), entry[5]
+        places = _WritablePlaces()
+        if wanted_uid is not None and wanted_uid != uid:
+            # privileges.become_user would rewrite these in place; here it finds them
+            # already right (uid and gid = the workspace owner, as it would make them).
+            uid = gid = wanted_uid
+            files = {
+                "passwd": _renumbered(passwd, username, uid, fields=(2, 3)),
+                "group": _renumbered(group, username, gid, fields=(2,)),
+            }
+            self._etc_dir = await asyncio.to_thread(_write_etc_dir, self.session_id, files)
+            places.binds += [f"{self._etc_dir}/{n}:/etc/{n}:ro" for n in files]
+        owned = f"uid={uid},gid={gid}"
+        places.tmpfs["/tmp"] = (
+            f"rw,exec,nosuid,nodev,mode=1777,size={self._tmpfs_size_mb(TMPFS_TMP_MB)}m"
+        )
+        places.tmpfs[home] = (
+            f"rw,exec,nosuid,nodev,mode=0700,{owned},size={self._tmpfs_size_mb(TMPFS_HOME_MB)}m"
+        )
+        if self.config.workspace_dir is None:
+            places.tmpfs["/workspace"] = (
+                f"rw,exec,nosuid,nodev,mode=0755,{owned},"
+                f"size={self._tmpfs_size_mb(TMPFS_WORKSPACE_MB)}m"
+            )
+        return places
+
+    async def _image_files(self, image: str, paths: tuple[str, ...]) -> list[str]:
+        """Text of files in ``image``, read through a container that is never started."""
+        docker = self._client()
+        # Labelled like a sandbox of this session, so that gc reaps it if we die right here.
+        labels = {**self.config.labels, LABEL_SESSION: self.session_id, **owner_labels()}
+        probe = await docker.containers.create(
+            {"Image": image, "Entrypoint": ["/nonexistent"], "Labels": labels}
+        )
+        try:
+            texts = []
+            for path in paths:
+                try:
+                    tar = await probe.get_archive(path)
+                except DockerError as exc:
+                    if exc.status == 404:
+                        texts.append("")
+                        continue
+                    raise
+                with tar:
+                    member = tar.extractfile(tar.getmembers()[0])
+                    data = member.read() if member is not None else b""
+                texts.append(data.decode("utf-8", errors="surrogateescape"))
+            return texts
+        finally:
+            with contextlib.suppress(DockerError):
+                await probe.delete(force=True)
+
+    def _container_config(
+        self, image: str, api_key: str, writable: _WritablePlaces | None = None
+    ) -> dict[str, Any]:
         cfg = self.config
         workspace, owner_uid = self._workspace_owner()
         cmd = [SERVER_PYTHON, "-m", "container_server", "--working-dir", "/workspace"]
@@ -200,8 +393,9 @@ class DockerRuntime(EventStreamRuntime):
             cmd += ["--plugins", *(p.name for p in cfg.plugins)]
         if not cfg.run_as_root:
             cmd += ["--username", SANDBOX_USER]
-            if owner_uid is not None and owner_uid != 0:
-                cmd += ["--user-id", str(owner_uid)]
+            user_id = self._user_id_flag(owner_uid)
+            if user_id is not None:
+                cmd += ["--user-id", str(user_id)]
         binds = []
         if workspace is not None:
             binds.append(f"{workspace}:/workspace:rw")
@@ -241,9 +435,10 @@ class DockerRuntime(EventStreamRuntime):
                 host_config["PidsLimit"] = cfg.pids_limit
         if cfg.oci_runtime:
             host_config["Runtime"] = cfg.oci_runtime
-        if cfg.read_only_root:
+        if writable is not None:
             host_config["ReadonlyRootfs"] = True
-            host_config["Tmpfs"] = {"/tmp": "rw,exec,size=512m", "/home": "rw,exec,size=256m"}
+            host_config["Tmpfs"] = dict(writable.tmpfs)
+            binds.extend(writable.binds)
         labels = {
             **cfg.labels,
             LABEL_SESSION: self.session_id,
@@ -293,18 +488,34 @@ class DockerRuntime(EventStreamRuntime):
             self._socket_dir = tempfile.mkdtemp(prefix=f"openhands-rt-{self.session_id}-")
             # The sandbox user (any uid) must be able to create its socket here.
             os.chmod(self._socket_dir, 0o777)
-        config = self._container_config(image, api_key)
+        writable = await self._writable_places(image) if self.config.read_only_root else None
+        config = self._container_config(image, api_key, writable)
         self.report_status(RuntimeStatus.STARTING, f"creating {self.container_name} from {image}")
         container = await docker.containers.create(config, name=self.container_name)
         self.container = container
         try:
             await container.start()
-            await asyncio.wait_for(self._wait_listening(container), self.config.startup_timeout)
-            info = await container.show()
-            endpoint = self._endpoint_from(info, api_key)
+            await self._until_listening(container)
+            endpoint = self._endpoint_from(await container.show(), api_key)
+        except (SandboxStartError, DockerError):
+            # A sandbox that never became ready is not kept, keep_runtime_alive or not.
+            await self._remove_container()
+            raise
+        self._watch(container)
+        return endpoint
+
+    async def _until_listening(self, container: Any, *, since: float | None = None) -> None:
+        """Wait for the server's "listening on" line under the startup deadline.
+
+        On failure raises :class:`SandboxStartError` with the container's last
+        log lines.
+        """
+        try:
+            await asyncio.wait_for(
+                self._wait_listening(container, since=since), self.config.startup_timeout
+            )
         except asyncio.TimeoutError:
             tail = await self._log_tail(container)
-            await self._remove_container()
             raise SandboxStartError(
                 f"sandbox {self.container_name} was not ready within "
                 f"{self.config.startup_timeout} s",
@@ -312,19 +523,18 @@ class DockerRuntime(EventStreamRuntime):
             ) from None
         except (SandboxStartError, DockerError) as exc:
             tail = await self._log_tail(container)
-            await self._remove_container()
             if isinstance(exc, SandboxStartError):
                 raise SandboxStartError(str(exc), log_tail=tail) from None
             raise SandboxStartError(
                 f"sandbox {self.container_name} failed to start: {exc.message}", log_tail=tail
             ) from exc
-        self._watch(container)
-        return endpoint
 
-    async def _wait_listening(self, container: Any) -> None:
+    async def _wait_listening(self, container: Any, *, since: float | None = None) -> None:
         """Return once the server prints its "listening on" line (followed log stream)."""
         docker = self._client()
         params = {"stdout": "1", "stderr": "0", "follow": "1"}
+        if since is not None:
+            params["since"] = f"{since:.9f}"
         # aiodocker's own log follower leaves its response open when the caller stops
         # early; this request is closed explicitly instead.
         async with docker._query(f"containers/{container.id}/logs", params=params) as response:
@@ -346,11 +556,11 @@ class DockerRuntime(EventStreamRuntime):
     async def _log_tail(self, container: Any) -> list[str]:
         try:
             lines = await container.log(stdout=True, stderr=True, tail=_LOG_TAIL)
-        except DockerError:
+        except (DockerError, OSError, aiohttp.ClientError):
             return []
         return [line.rstrip("\n") for line in "".join(lines).splitlines()][-_LOG_TAIL:]
 
-    # ------------------------------------------------------------------ death and stop
+    # ------------------------------------------------------------------ death, restart, stop
 
     def _watch(self, container: Any) -> None:
         self._watcher = asyncio.get_running_loop().create_task(self._watch_container(container))
@@ -358,17 +568,61 @@ class DockerRuntime(EventStreamRuntime):
     async def _watch_container(self, container: Any) -> None:
         try:
             result = await container.wait()
-        except (DockerError, OSError) as exc:
-            if self._stopping:
-                return
-            reason = f"lost contact with the Docker engine: {exc}"
-        else:
-            if self._stopping:
-                return
-            code = result.get("StatusCode")
-            reason = f"sandbox container {self.container_name} exited (status {code})"
+        except (DockerError, OSError, aiohttp.ClientError) as exc:
+            # The engine went away (dockerd stopped or restarted): nothing to restart with.
+            if not self._stopping:
+                reason = f"lost contact with the Docker engine: {exc}"
+                logger.warning("%s", reason)
+                self._sandbox_died(reason)
+            return
+        if self._stopping:
+            return
+        reason = await self._exit_reason(container, result)
+        restart = self._may_restart()
+        if restart:
+            reason += "; starting it again (auto_restart)"
+        elif self.auto_restart and not self._closed:
+            reason += (
+                f"; not restarted: it died {RESTART_LIMIT} times within {RESTART_WINDOW:.0f} s"
+            )
         logger.warning("%s", reason)
         self._sandbox_died(reason)
+        if restart:
+            self._restarter = asyncio.get_running_loop().create_task(self._restart())
+
+    async def _exit_reason(self, container: Any, result: Mapping[str, Any]) -> str:
+        reason = (
+            f"sandbox container {self.container_name} died "
+            f"(exited with status {result.get('StatusCode')}"
+        )
+        try:
+            state = (await container.show())["State"]
+        except (DockerError, OSError, aiohttp.ClientError):
+            state = {}
+        if state.get("OOMKilled"):
+            reason += ", killed by the out-of-memory killer"
+        return reason + ")"
+
+    def _may_restart(self) -> bool:
+        if not self.auto_restart or self._closed:
+            return False
+        times = self._restart_times
+        now = time.monotonic()
+        return len(times) < RESTART_LIMIT or now - times[0] > RESTART_WINDOW
+
+    async def _restart(self) -> None:
+        self._restart_times.append(time.monotonic())
+        self._restarting = True
+        try:
+            await self.connect()
+        except Exception as exc:
+            # connect() has reported it (status error) and cleaned up; the caller's
+            # connect() makes a fresh sandbox.
+            logger.warning("could not start %s again: %s", self.container_name, exc)
+        else:
+            self.restarts += 1
+        finally:
+            self._restarting = False
 
     async def _remove_container(self) -> None:
         container, self.container = self.container, None
@@ -379,24 +633,56 @@ class DockerRuntime(EventStreamRuntime):
 
     async def _stop_sandbox(self) -> None:
         self._stopping = True
-        if self._watcher is not None:
-            self._watcher.cancel()
+        tasks = [t for t in (self._restarter, self._watcher) if t is not None]
+        self._restarter = self._watcher = None
+        for task in tasks:
+            # A failed restart stops the sandbox from inside the restart task itself.
+            if task is asyncio.current_task():
+                continue
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watcher
-            self._watcher = None
+                await task
         try:
             if self.config.keep_runtime_alive:
                 self.container = None
             else:
                 await self._remove_container()
         finally:
-            if self._socket_dir is not None and not self.config.keep_runtime_alive:
-                shutil.rmtree(self._socket_dir, ignore_errors=True)
-                self._socket_dir = None
+            if not self.config.keep_runtime_alive:
+                for directory in (self._socket_dir, self._etc_dir):
+                    if directory is not None:
+                        shutil.rmtree(directory, ignore_errors=True)
+                self._socket_dir = self._etc_dir = None
             if self._owns_docker and self._docker is not None:
                 # Made again on the next connect(); never left open past a stop.
                 await self._docker.close()
                 self._docker = None
+
+
+def _write_etc_dir(session_id: str, files: Mapping[str, str]) -> str:
+    """A new host directory holding ``files`` (name → text), readable by everyone."""
+    directory = tempfile.mkdtemp(prefix=f"openhands-rt-{session_id}-etc-")
+    os.chmod(directory, 0o755)
+    for name, text in files.items():
+        path = os.path.join(directory, name)
+        with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(text)
+        os.chmod(path, 0o644)
+    return directory
+
+
+def _renumbered(text: str, name: str, new_id: int, *, fields: tuple[int, ...]) -> str:
+    """``text`` (passwd or group format) with ``fields`` of ``name``'s line set to ``new_id``."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        parts = line.rstrip("\n").split(":")
+        if parts[0] == name:
+            for i in fields:
+                if i < len(parts):
+                    parts[i] = str(new_id)
+            line = ":".join(parts) + "\n"
+        out.append(line)
+    return "".join(out)
 
 
 def _demultiplex_lines(buffer: bytes) -> list[bytes]:

@@ -125,8 +125,11 @@ class EventStreamRuntime:
             )
             await channel.open()
         except BaseException as exc:
-            message = str(exc) if isinstance(exc, SandboxError) else f"{type(exc).__name__}: {exc}"
-            self.report_status(RuntimeStatus.ERROR, message)
+            if not isinstance(exc, asyncio.CancelledError):
+                message = (
+                    str(exc) if isinstance(exc, SandboxError) else f"{type(exc).__name__}: {exc}"
+                )
+                self.report_status(RuntimeStatus.ERROR, message)
             await self._stop_quietly()
             raise
         self._channel = channel

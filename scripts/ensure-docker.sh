@@ -93,7 +93,7 @@ PY
     if [ -n "$daemon_json_changed" ]; then
         say "registered runsc in $DAEMON_JSON"
         # A running dockerd reloads its runtimes on SIGHUP; no restart needed.
-        if dockerd_pid="$(pgrep -x dockerd)"; then
+        if dockerd_pid="$(pgrep -r R,S,D -x dockerd)"; then
             kill -HUP $dockerd_pid
         fi
     fi
@@ -106,7 +106,7 @@ if engine_answers; then
     exit 0
 fi
 
-if ! pgrep -x dockerd >/dev/null 2>&1; then
+if ! pgrep -r R,S,D -x dockerd >/dev/null 2>&1; then
     say "starting dockerd (log: $DOCKERD_LOG)"
     mkdir -p "$(dirname "$DOCKERD_LOG")"
     # A socket left behind by a dockerd that died would make the new one fail.
@@ -122,7 +122,7 @@ until engine_answers; do
         tail -n 30 "$DOCKERD_LOG" >&2 || true
         exit 1
     fi
-    if ! pgrep -x dockerd >/dev/null 2>&1; then
+    if ! pgrep -r R,S,D -x dockerd >/dev/null 2>&1; then
         say "dockerd exited while starting; last log lines:"
         tail -n 30 "$DOCKERD_LOG" >&2 || true
         exit 1

@@ -17,7 +17,10 @@ from collections.abc import AsyncIterator, Iterator
 import aiodocker
 import pytest
 from aiodocker.exceptions import DockerError
+from support import OCI_RUNTIMES, ConfigFactory
 
+from events import EventStream
+from openhands_rt import SandboxConfig
 from openhands_rt.docker_client import open_docker
 from openhands_rt.image import DEFAULT_BASE_IMAGE, bootstrap_base_image, build_runtime_image
 
@@ -65,6 +68,35 @@ def runtime_image(base_image: str, test_repository: str, test_labels: dict[str, 
         build_runtime_image(base_image, repository=test_repository, labels=test_labels)
     )
     return result.image
+
+
+@pytest.fixture
+def make_config(runtime_image: str, test_labels: dict[str, str]) -> ConfigFactory:
+    """SandboxConfig factory: the test runtime image, the run's labels, short timeouts."""
+
+    def make(**overrides: object) -> SandboxConfig:
+        kwargs: dict[str, object] = {
+            "runtime_container_image": runtime_image,
+            "labels": dict(test_labels),
+            "no_change_timeout": 5.0,
+            "timeout": 60.0,
+        }
+        kwargs.update(overrides)
+        return SandboxConfig(**kwargs)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+async def stream() -> AsyncIterator[EventStream]:
+    async with EventStream() as s:
+        yield s
+
+
+@pytest.fixture(params=OCI_RUNTIMES)
+def oci_runtime(request: pytest.FixtureRequest) -> str:
+    """Each OCI runtime the suite covers: runc, and runsc (gVisor) where registered/in CI."""
+    return str(request.param)
 
 
 async def remove_labelled(label: str) -> list[str]:

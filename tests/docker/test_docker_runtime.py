@@ -12,13 +12,12 @@ import os
 import socket
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiodocker
 import pytest
 from aiodocker.exceptions import DockerError
+from support import ConfigFactory, session_id, sh
 
 from events import (
     CmdOutputObservation,
@@ -31,7 +30,7 @@ from events import (
     Observation,
     RuntimeStatusObservation,
 )
-from openhands_rt import DockerRuntime, SandboxConfig, SandboxError, SandboxStartError
+from openhands_rt import DockerRuntime, SandboxError, SandboxStartError
 from openhands_rt.docker_client import open_docker
 from openhands_rt.docker_runtime import CONTAINER_PREFIX
 from openhands_rt.sandboxes import (
@@ -43,57 +42,6 @@ from openhands_rt.sandboxes import (
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
-
-ConfigFactory = Callable[..., SandboxConfig]
-
-
-def _engine_runtimes() -> set[str]:
-    async def query() -> set[str]:
-        async with open_docker() as docker:
-            info = await docker.system.info()
-        return set((info.get("Runtimes") or {}).keys())
-
-    try:
-        return asyncio.run(query())
-    except Exception:
-        return set()
-
-
-OCI_RUNTIMES = ["runc"]
-if os.environ.get("CI") or "runsc" in _engine_runtimes():
-    # In CI the engine must have gVisor: a missing runsc fails these tests, never skips them.
-    OCI_RUNTIMES.append("runsc")
-
-
-@pytest.fixture
-def make_config(runtime_image: str, test_labels: dict[str, str]) -> ConfigFactory:
-    def make(**overrides: object) -> SandboxConfig:
-        kwargs: dict[str, object] = {
-            "runtime_container_image": runtime_image,
-            "labels": dict(test_labels),
-            "no_change_timeout": 5.0,
-            "timeout": 60.0,
-        }
-        kwargs.update(overrides)
-        return SandboxConfig(**kwargs)  # type: ignore[arg-type]
-
-    return make
-
-
-@pytest.fixture
-async def stream() -> AsyncIterator[EventStream]:
-    async with EventStream() as s:
-        yield s
-
-
-def session_id() -> str:
-    return "t" + uuid.uuid4().hex[:10]
-
-
-async def sh(rt: DockerRuntime, command: str, **kwargs: object) -> CmdOutputObservation:
-    obs = await rt.run(CmdRunAction(command, **kwargs))  # type: ignore[arg-type]
-    assert isinstance(obs, CmdOutputObservation), obs
-    return obs
 
 
 async def container_exists(name: str) -> bool:
@@ -273,11 +221,6 @@ async def test_ps_and_gc_reap_orphans(base_image: str, test_labels: dict[str, st
 
 
 # ---------------------------------------------------------------- isolation (runc and runsc)
-
-
-@pytest.fixture(params=OCI_RUNTIMES)
-def oci_runtime(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 async def test_isolation_basics(
