@@ -19,9 +19,13 @@ import hmac
 import logging
 import os
 import resource
+import sys
 import time
+import traceback
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiohttp import WSMsgType, web
@@ -29,7 +33,13 @@ from aiohttp import WSMsgType, web
 from container_server.executor import ACTION_TYPES, ActionExecutor
 from container_server.hub import ChannelHub, ClientState, Outbox
 from container_server.plugins import PluginStatus
-from container_server.transfer import TransferError, extract_tar_stream, list_dir, tar_stream
+from container_server.transfer import (
+    DEFAULT_MAX_MEMBERS,
+    TransferError,
+    extract_tar_stream,
+    list_dir,
+    tar_stream,
+)
 from events import (
     ErrorObservation,
     Event,
@@ -46,6 +56,9 @@ logger = logging.getLogger(__name__)
 
 API_KEY_HEADER = "X-Session-API-Key"
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+#: A frame-level error quotes at most this much of the decoder's message (which can quote
+#: the offending input, e.g. a megabyte-long unknown tag).
+MAX_ERROR_DETAIL_CHARS = 500
 
 
 @dataclass
@@ -63,6 +76,7 @@ class ServerSettings:
     plugin_init_timeout: float = 60.0
     startup_notes: list[str] = field(default_factory=list)
     max_process_memory_mb: int | None = None
+    max_upload_members: int = DEFAULT_MAX_MEMBERS
 
 
 @dataclass
@@ -78,10 +92,47 @@ class ServerState:
 
 STATE: web.AppKey[ServerState] = web.AppKey("state", ServerState)
 
+if TYPE_CHECKING:
+    _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
+else:  # LoggerAdapter is subscriptable from 3.11 on only
+    _LoggerAdapter = logging.LoggerAdapter
+
+
+class _RedactingLogger(_LoggerAdapter):
+    """aiohttp's server logger, with the API key cut out of messages and tracebacks.
+
+    aiohttp logs a malformed request with its offending bytes, which can hold the key
+    header; the traceback becomes part of the message so that it can be redacted too.
+    """
+
+    def __init__(self, logger: logging.Logger, secret: str) -> None:
+        super().__init__(logger, {})
+        self._secret = secret
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if not self.logger.isEnabledFor(level):
+            return
+        text = str(msg) % args if args else str(msg)
+        exc_info = kwargs.pop("exc_info", None)
+        if exc_info is True:
+            exc_info = sys.exc_info()
+        if isinstance(exc_info, BaseException):
+            exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+        if isinstance(exc_info, tuple) and exc_info[0] is not None:
+            text += "\n" + "".join(traceback.format_exception(*exc_info)).rstrip()
+        if self._secret:
+            text = text.replace(self._secret, "[redacted]")
+        kwargs.setdefault("stacklevel", 2)
+        self.logger.log(level, "%s", text, **kwargs)
+
 
 def _authorized(request: web.Request, api_key: str) -> bool:
-    given = request.headers.get(API_KEY_HEADER, "")
-    return hmac.compare_digest(given.encode(), api_key.encode())
+    given = request.headers.getall(API_KEY_HEADER, [])
+    if len(given) != 1:
+        # A repeated header is ambiguous (a proxy may join or pick either): never a match.
+        return False
+    # aiohttp hands header bytes that are not UTF-8 over surrogate-escaped.
+    return hmac.compare_digest(given[0].encode("utf-8", "surrogateescape"), api_key.encode())
 
 
 @web.middleware
@@ -162,12 +213,31 @@ async def upload(request: web.Request) -> web.Response:
             yield chunk
 
     try:
-        paths = await extract_tar_stream(body(), dest)
+        paths = await extract_tar_stream(
+            body(), dest, max_members=state.settings.max_upload_members
+        )
     except TransferError as exc:
         raise web.HTTPBadRequest(text=f"refused: {exc}") from None
+    except web.RequestPayloadError as exc:
+        # A malformed body (bad chunked framing, ...) is the client's error, not ours.
+        raise web.HTTPBadRequest(text=f"bad request body: {exc}") from None
+    except ConnectionError:
+        logger.debug("upload to %s: the client went away", dest)
+        raise web.HTTPBadRequest(text="upload interrupted") from None
     except OSError as exc:
         raise web.HTTPBadRequest(text=f"upload failed: {exc.strerror or exc}") from None
     return web.json_response({"path": dest, "files": paths})
+
+
+def _attachment(name: str) -> str:
+    """A Content-Disposition for ``name``: RFC 6266 ``filename*`` plus a plain ASCII fallback.
+
+    File names may hold quotes, control characters (a header injection aiohttp refuses
+    with an exception) or bytes that are not UTF-8 (surrogate-escaped by ``os``).
+    """
+    fallback = "".join(c if " " <= c < "\x7f" and c not in '"\\' else "_" for c in name)
+    encoded = urllib.parse.quote(name.encode("utf-8", "surrogateescape"), safe="")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
 
 
 async def download(request: web.Request) -> web.StreamResponse:
@@ -175,17 +245,43 @@ async def download(request: web.Request) -> web.StreamResponse:
     path = _resolve(state, request.query.get("path"))
     if not os.path.lexists(path):
         raise web.HTTPNotFound(text=f"no such file or directory: {path}")
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "application/x-tar",
-            "Content-Disposition": f'attachment; filename="{os.path.basename(path) or "root"}.tar"',
-        }
-    )
-    await response.prepare(request)
-    async for chunk in tar_stream(path):
-        await response.write(chunk)
-    await response.write_eof()
-    return response
+    chunks = tar_stream(path)
+    try:
+        # The first chunk before the status line: a path that cannot be read (a dangling
+        # or looping symlink, gone meanwhile, unreadable) gets a clean 4xx, not a broken 200.
+        try:
+            first = await chunks.__anext__()
+        except StopAsyncIteration:  # pragma: no cover - a tar always ends with its end blocks
+            first = b""
+        except FileNotFoundError:
+            raise web.HTTPNotFound(text=f"no such file or directory: {path}") from None
+        except PermissionError:
+            raise web.HTTPForbidden(text=f"permission denied: {path}") from None
+        except OSError as exc:
+            raise web.HTTPBadRequest(text=f"cannot read {path}: {exc.strerror or exc}") from None
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "application/x-tar",
+                "Content-Disposition": _attachment(f"{os.path.basename(path) or 'root'}.tar"),
+            }
+        )
+        try:
+            await response.prepare(request)
+            await response.write(first)
+            async for chunk in chunks:
+                await response.write(chunk)
+            await response.write_eof()
+        except ConnectionError:
+            logger.debug("download of %s: the client went away", path)
+        except OSError as exc:
+            logger.warning("download of %s failed after it started: %s", path, exc)
+            # The status is sent: the only honest signal left is a connection cut short
+            # (a clean end would pass a truncated archive off as complete).
+            if request.transport is not None:
+                request.transport.abort()
+        return response
+    finally:
+        await chunks.aclose()
 
 
 async def files(request: web.Request) -> web.Response:
@@ -199,6 +295,8 @@ async def files(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text=f"not a directory: {path}") from None
     except PermissionError:
         raise web.HTTPForbidden(text=f"permission denied: {path}") from None
+    except OSError as exc:  # e.g. a name too long, a symlink loop
+        raise web.HTTPBadRequest(text=f"cannot list {path}: {exc.strerror or exc}") from None
     return web.Response(body=msgspec.json.encode(entries), content_type="application/json")
 
 
@@ -250,7 +348,11 @@ def _handle_frame(state: ServerState, client: ClientState, data: bytes | str) ->
     try:
         event = decode_event(data)
     except EventDecodeError as exc:
-        client.send(ErrorObservation(f"Bad frame: {exc}", error_id="bad_frame"))
+        detail = str(exc)
+        if len(detail) > MAX_ERROR_DETAIL_CHARS:
+            half = MAX_ERROR_DETAIL_CHARS // 2
+            detail = f"{detail[:half]} ... {detail[-half:]}"
+        client.send(ErrorObservation(f"Bad frame: {detail}", error_id="bad_frame"))
         return
     if not isinstance(event, ACTION_TYPES):
         client.send(
@@ -279,7 +381,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         raise web.HTTPBadRequest(text="client_id too long")
     await state.ready.wait()
     ws = web.WebSocketResponse(
-        max_msg_size=state.settings.max_frame_bytes, heartbeat=30.0, compress=False
+        # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed.
+        max_msg_size=state.settings.max_frame_bytes + 1,
+        heartbeat=30.0,
+        compress=False,
     )
     await ws.prepare(request)
     client, outbox = state.hub.attach(client_id)
@@ -338,7 +443,8 @@ def create_app(settings: ServerSettings, executor: ActionExecutor | None = None)
 
         executor = ActionExecutor(
             working_dir=settings.working_dir,
-            username=settings.username,
+            # Only a root server switches the shell to another user.
+            username=settings.username if os.geteuid() == 0 else None,
             user_id=settings.user_id,
             no_change_timeout=settings.no_change_timeout,
             default_timeout=settings.default_timeout,
@@ -346,7 +452,16 @@ def create_app(settings: ServerSettings, executor: ActionExecutor | None = None)
             max_process_memory_mb=settings.max_process_memory_mb,
         )
     hub = ChannelHub(executor)
-    app = web.Application(middlewares=[auth_middleware], client_max_size=1024**2)
+    app = web.Application(
+        middlewares=[auth_middleware],
+        client_max_size=1024**2,
+        handler_args={
+            # Uploads stay compressed on the wire: extract_tar_stream decompresses them
+            # itself and refuses compression bombs, which aiohttp's decoding would not.
+            "auto_decompress": False,
+            "logger": _RedactingLogger(logging.getLogger("aiohttp.server"), settings.api_key),
+        },
+    )
     app[STATE] = ServerState(settings=settings, executor=executor, hub=hub)
     app.router.add_get("/alive", alive)
     app.router.add_get("/ws", websocket)

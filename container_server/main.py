@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import os
 import signal
@@ -99,14 +100,33 @@ async def serve(args: argparse.Namespace, api_key: str, notes: list[str]) -> int
     return 0
 
 
+def _scrub_initial_environment(name: str) -> None:
+    """Zero ``name``'s value in the C environment block the process started with."""
+    try:
+        libc = ctypes.CDLL(None)
+        environ = ctypes.POINTER(ctypes.c_void_p).in_dll(libc, "environ")
+    except (OSError, ValueError):
+        return  # no libc environ symbol: nothing we can scrub
+    prefix = name.encode() + b"="
+    i = 0
+    while environ[i]:
+        entry = ctypes.string_at(environ[i])
+        if entry.startswith(prefix):
+            ctypes.memset(environ[i] + len(prefix), 0, len(entry) - len(prefix))
+        i += 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # Popped so that the shell, plugins and every process the agent starts
-    # never see it (an agent could otherwise read it with `env`).
-    api_key = os.environ.pop("SESSION_API_KEY", "")
+    # Removed so that the shell, plugins and every process the agent starts never
+    # see it: popped from os.environ (children's environments), and scrubbed from
+    # the process's initial environment block (/proc/<pid>/environ).
+    api_key = os.environ.get("SESSION_API_KEY", "")
+    _scrub_initial_environment("SESSION_API_KEY")
+    os.environ.pop("SESSION_API_KEY", None)
     if not api_key:
         print("error: SESSION_API_KEY must be set in the environment", file=sys.stderr)
         return 2
@@ -125,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         except (KeyError, OSError, ValueError) as exc:
             print(f"error: cannot switch to user {args.username!r}: {exc}", file=sys.stderr)
             return 2
-        args.username, args.user_id = None, None
+        # Already that user: nothing left to switch (plugins still get the name).
+        args.user_id = None
     try:
         return asyncio.run(serve(args, api_key, notes))
     except KeyboardInterrupt:

@@ -7,7 +7,10 @@ from typing import Any
 __all__ = ["OPENAPI_SPEC"]
 
 _KEY: list[dict[str, list[str]]] = [{"apiKey": []}]
-_PATH_PARAM = {"name": "path", "in": "query", "required": True, "schema": {"type": "string"}}
+# A path is never empty and never holds a NUL byte (both get a 400).
+_PATH_SCHEMA = {"type": "string", "minLength": 1, "pattern": "^[^\\u0000]*$"}
+_PATH_PARAM = {"name": "path", "in": "query", "required": True, "schema": _PATH_SCHEMA}
+_TAR_BODY = {"schema": {"type": "string", "format": "binary"}}
 _TEXT = {"text/plain": {"schema": {"type": "string"}}}
 _UNAUTHORIZED = {"description": "missing or wrong X-Session-API-Key", "content": _TEXT}
 
@@ -43,7 +46,14 @@ OPENAPI_SPEC: dict[str, Any] = {
         },
         "/files": {
             "get": {
-                "parameters": [{**_PATH_PARAM, "required": False}],
+                "parameters": [
+                    {
+                        "name": "path",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": "^[^\\u0000]*$"},
+                    }
+                ],
                 "responses": {
                     "200": {
                         "description": "directory listing",
@@ -64,8 +74,9 @@ OPENAPI_SPEC: dict[str, Any] = {
                         "description": "a tar stream of the file or directory",
                         "content": {"application/x-tar": {"schema": {"type": "string"}}},
                     },
-                    "400": {"description": "bad path", "content": _TEXT},
+                    "400": {"description": "bad path, or not readable", "content": _TEXT},
                     "401": _UNAUTHORIZED,
+                    "403": {"description": "permission denied", "content": _TEXT},
                     "404": {"description": "no such file", "content": _TEXT},
                 },
             }
@@ -75,14 +86,21 @@ OPENAPI_SPEC: dict[str, Any] = {
                 "parameters": [_PATH_PARAM],
                 "requestBody": {
                     "required": True,
-                    "content": {"application/x-tar": {"schema": {"type": "string"}}},
+                    # Any media type is read as a tar (gzip, bzip2 or xz compressed or not).
+                    "content": {
+                        "application/x-tar": _TAR_BODY,
+                        "application/octet-stream": _TAR_BODY,
+                    },
                 },
                 "responses": {
                     "200": {
                         "description": "extracted",
                         "content": {"application/json": {"schema": {"type": "object"}}},
                     },
-                    "400": {"description": "unsafe or invalid tar", "content": _TEXT},
+                    "400": {
+                        "description": "unsafe, invalid, too many members or a compression bomb",
+                        "content": _TEXT,
+                    },
                     "401": _UNAUTHORIZED,
                 },
             }

@@ -11,7 +11,11 @@ when it is a device, FIFO, sparse file or any other kind than a regular file,
 directory, symlink or hard link; when a symlink's target is absolute or
 resolves outside ``dest``; when a hard link's source is not a regular file
 inside ``dest``; or when it would be written through a symlink (one planted by
-an earlier member or already in ``dest``). Extraction never follows a
+an earlier member or already in ``dest``). The whole archive is refused when it
+has more than ``max_members`` members or, once past the first
+``EXPANSION_SLACK_BYTES``, expands more than ``max_expansion_ratio`` times its
+compressed size (a compression bomb; the member being written is removed).
+``dest`` is only created once a tar header has been read. Extraction never follows a
 symlink: parents are checked component by component, files are created with
 ``O_EXCL | O_NOFOLLOW`` after removing what was there, and symlinks are only
 created after every other member, then checked again as a set (a link planted
@@ -24,7 +28,9 @@ Download layout (``tar_stream``): a directory's *contents* (names relative to
 it, like ``tar -C DIR .`` without the ``./``), so that downloading P and
 uploading the result to Q makes Q a copy of P; a single file under its base
 name. A top-level symlink is followed; symlinks below it are stored as
-symlinks. Entries that cannot be read are left out and logged.
+symlinks. Entries that cannot be read are left out and logged. A file whose
+content is shorter or longer than its size said (``/proc``, ``/sys``, a file
+written meanwhile) is padded with NULs or cut to that size, as GNU tar does.
 
 Listing (``list_dir``): directories first, then files, each group by
 case-folded name.
@@ -33,15 +39,18 @@ case-folded name.
 from __future__ import annotations
 
 import asyncio
+import bz2
 import collections
 import contextlib
 import logging
+import lzma
 import os
 import stat
 import tarfile
 import threading
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Final, cast
+from typing import IO, Final, cast
 
 import anyio.from_thread
 import anyio.to_thread
@@ -49,13 +58,29 @@ import msgspec
 
 from container_server.files import sanitize_text
 
-__all__ = ["DirEntry", "TransferError", "extract_tar_stream", "list_dir", "tar_stream"]
+__all__ = [
+    "DEFAULT_MAX_EXPANSION_RATIO",
+    "DEFAULT_MAX_MEMBERS",
+    "EXPANSION_SLACK_BYTES",
+    "DirEntry",
+    "TransferError",
+    "extract_tar_stream",
+    "list_dir",
+    "tar_stream",
+]
 
 logger = logging.getLogger(__name__)
 
 _COPY_BYTES: Final = 256 * 1024
 #: Chunks in flight between the tar thread and the consumer of a download.
 _PIPE_CHUNKS: Final = 4
+#: Members an upload may have (each is an inode; the reply lists them all).
+DEFAULT_MAX_MEMBERS: Final = 100_000
+#: Decompressed bytes per compressed byte an upload may reach. Source trees compress
+#: 3-20 times; a gzip bomb reaches ~1000, bzip2 and xz bombs far more.
+DEFAULT_MAX_EXPANSION_RATIO: Final = 200.0
+#: Output below this size is never refused for its ratio (small archives of zeros are fine).
+EXPANSION_SLACK_BYTES: Final = 64 * 1024 * 1024
 
 
 class TransferError(ValueError):
@@ -80,18 +105,97 @@ class DirEntry(msgspec.Struct, frozen=True):
 # --------------------------------------------------------------------------- upload
 
 
+class _Inflater:
+    """One gzip, bzip2 or xz stream, inflated at most ``max_length`` bytes per call.
+
+    zlib hands back the input it did not use (``unconsumed_tail``); bz2 and lzma keep it
+    and say ``needs_input``. Output stopped at ``max_length`` may have more behind it, so a
+    call that filled it is followed by one without new input.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._zlib = zlib.decompressobj(wbits=31) if kind == "gzip" else None
+        self._other: bz2.BZ2Decompressor | lzma.LZMADecompressor | None = (
+            bz2.BZ2Decompressor()
+            if kind == "bzip2"
+            else lzma.LZMADecompressor()
+            if kind == "xz"
+            else None
+        )
+        self._filled = False
+
+    @property
+    def eof(self) -> bool:
+        if self._zlib is not None:
+            return self._zlib.eof
+        assert self._other is not None
+        return self._other.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        if self._zlib is not None:
+            return self._zlib.unused_data
+        assert self._other is not None
+        return self._other.unused_data
+
+    @property
+    def needs_input(self) -> bool:
+        if self._filled:
+            return False
+        if self._zlib is not None:
+            return not self._zlib.unconsumed_tail
+        assert self._other is not None
+        return self._other.needs_input
+
+    def inflate(self, data: bytes, max_length: int) -> bytes:
+        try:
+            if self._zlib is not None:
+                out = self._zlib.decompress(self._zlib.unconsumed_tail + data, max_length)
+            else:
+                assert self._other is not None
+                out = self._other.decompress(data, max_length)
+        except (zlib.error, lzma.LZMAError, OSError, EOFError) as exc:
+            raise TransferError(f"not a valid {self.kind} stream: {exc}") from None
+        self._filled = len(out) >= max_length
+        return out
+
+
+def _compression(head: bytes) -> str | None:
+    """The compression of a stream starting with ``head`` (>= 10 bytes), as tarfile sniffs it."""
+    if head.startswith(b"\x1f\x8b\x08"):
+        return "gzip"
+    if head[:3] == b"BZh" and head[4:10] == b"1AY&SY":
+        return "bzip2"
+    if head.startswith((b"\x5d\x00\x00\x80", b"\xfd7zXZ")):
+        return "xz"
+    return None
+
+
+_SNIFF_BYTES: Final = 10
+
+
 class _PullReader:
     """A blocking file object (for a worker thread) over an async iterator of chunks.
 
-    ``read(n)`` returns exactly ``n`` bytes until the end: tarfile sniffs the
-    compression from the first bytes it reads.
+    gzip, bzip2 and xz input (recognised by its magic number, as tarfile does) is inflated
+    here, never more than asked for: tarfile's own stream mode inflates a whole input
+    block at once, and a few KiB of bzip2 can hold gigabytes. Output past
+    ``EXPANSION_SLACK_BYTES`` that exceeds ``max_ratio`` times the input read so far is
+    refused as a compression bomb. ``read(n)`` returns exactly ``n`` bytes until the end.
     """
 
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], *, max_ratio: float) -> None:
         self._chunks = chunks
-        self._buffer = bytearray()
-        self._eof = False
-        self._position = 0
+        self._max_ratio = max_ratio
+        self._raw = bytearray()  # input not inflated yet
+        self._out = bytearray()  # output not read yet
+        self._raw_eof = False
+        self._done = False
+        self._sniffed = False
+        self._inflater: _Inflater | None = None
+        self._compressed = 0  # input bytes received
+        self._position = 0  # output bytes read
 
     async def _next_chunk(self) -> bytes:
         try:
@@ -99,20 +203,76 @@ class _PullReader:
         except StopAsyncIteration:
             return b""
 
-    def read(self, size: int = -1) -> bytes:
-        while not self._eof and (size < 0 or len(self._buffer) < size):
-            chunk = anyio.from_thread.run(self._next_chunk)
-            if chunk:
-                self._buffer += chunk
-            else:
-                self._eof = True
-        if size < 0 or size >= len(self._buffer):
-            data = bytes(self._buffer)
-            self._buffer.clear()
+    def _pull(self) -> bool:
+        """Append the next input chunk to ``_raw``; False at the end of the input."""
+        if self._raw_eof:
+            return False
+        chunk = anyio.from_thread.run(self._next_chunk)
+        if not chunk:
+            self._raw_eof = True
+            return False
+        self._raw += chunk
+        self._compressed += len(chunk)
+        return True
+
+    def _start(self, *, first: bool) -> None:
+        """Look at what comes next: plain tar, a compressed stream, or (after one) the end."""
+        while len(self._raw) < _SNIFF_BYTES and self._pull():
+            pass
+        kind = _compression(bytes(self._raw[:_SNIFF_BYTES]))
+        if first:
+            self._inflater = None if kind is None else _Inflater(kind)
+        elif kind is not None and self._inflater is not None and kind == self._inflater.kind:
+            self._inflater = _Inflater(kind)  # concatenated streams, as `cat a.gz b.gz` makes
         else:
-            data = bytes(self._buffer[:size])
-            del self._buffer[:size]
+            self._done = True  # what follows a compressed stream is not part of it
+        self._sniffed = True
+
+    def _fill(self, want: int) -> None:
+        """Add up to ``want`` bytes to ``_out``, or set ``_done``."""
+        if not self._sniffed:
+            self._start(first=True)
+            if self._done:
+                return
+        inflater = self._inflater
+        if inflater is None:  # plain tar
+            if self._raw or self._pull():
+                self._out += self._raw
+                self._raw.clear()
+            else:
+                self._done = True
+            return
+        if inflater.eof:
+            self._raw[:0] = inflater.unused_data
+            self._start(first=False)
+            return
+        data = b""
+        if inflater.needs_input:
+            if not self._raw and not self._pull():
+                raise TransferError(f"the {inflater.kind} stream ends early (a truncated upload?)")
+            data = bytes(self._raw)
+            self._raw.clear()
+        self._out += inflater.inflate(data, want)
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._done and (size < 0 or len(self._out) < size):
+            self._fill(_COPY_BYTES if size < 0 else max(size - len(self._out), 1))
+        if size < 0 or size >= len(self._out):
+            data = bytes(self._out)
+            self._out.clear()
+        else:
+            data = bytes(self._out[:size])
+            del self._out[:size]
         self._position += len(data)
+        if (
+            self._position > EXPANSION_SLACK_BYTES
+            and self._position > self._max_ratio * self._compressed
+        ):
+            raise TransferError(
+                f"refused: {self._compressed} bytes of upload expanded to {self._position} "
+                f"bytes so far, over {self._max_ratio:g} times (a compression bomb?); "
+                "send it uncompressed"
+            )
         return data
 
     def write(self, b: bytes, /) -> int:
@@ -125,7 +285,8 @@ class _PullReader:
         raise OSError("stream is not seekable")
 
     def close(self) -> None:
-        self._buffer.clear()
+        self._raw.clear()
+        self._out.clear()
 
 
 def _within(root: str, path: str) -> bool:
@@ -159,10 +320,12 @@ def _kind(member: tarfile.TarInfo) -> str:
 class _Extractor:
     """Extracts members one by one under ``root`` (a real, absolute directory)."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, *, max_members: int) -> None:
         self.root = root
+        self.max_members = max_members
         self.extracted: list[str] = []
         self._checked_dirs: set[str] = {root}
+        self._members = 0
         self._symlinks: list[tuple[str, str, str]] = []
         # Directories this extraction created -> (final mode, mtime), applied at the end.
         self._new_dirs: dict[str, tuple[int, float]] = {}
@@ -215,6 +378,12 @@ class _Extractor:
         os.unlink(path)
 
     def add(self, archive: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        self._members += 1
+        if self._members > self.max_members:
+            raise TransferError(
+                f"refused member {member.name!r}: the archive has more than "
+                f"{self.max_members} members"
+            )
         relative = _member_path(member.name)
         if member.isdir():
             if relative:
@@ -268,6 +437,11 @@ class _Extractor:
                         view = view[os.write(fd, view) :]
             os.fchmod(fd, member.mode & 0o777)
             os.utime(fd, (member.mtime, member.mtime))
+        except BaseException:
+            # A member cut short (a bomb refused, a truncated stream) is not left half-written.
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+            raise
         finally:
             os.close(fd)
 
@@ -336,11 +510,13 @@ class _Extractor:
                 os.utime(path, (mtime, mtime))
 
 
-def _extract_sync(reader: _PullReader, dest: str) -> list[str]:
-    os.makedirs(dest, exist_ok=True)
-    extractor = _Extractor(os.path.realpath(dest))
+def _extract_sync(reader: _PullReader, dest: str, max_members: int) -> list[str]:
+    extractor: _Extractor | None = None
     try:
-        with tarfile.open(fileobj=reader, mode="r|*", bufsize=_COPY_BYTES) as archive:
+        # tarfile.open reads the first header: a body that is no tar creates nothing.
+        with tarfile.open(fileobj=reader, mode="r|", bufsize=_COPY_BYTES) as archive:
+            os.makedirs(dest, exist_ok=True)
+            extractor = _Extractor(os.path.realpath(dest), max_members=max_members)
             for member in archive:
                 extractor.add(archive, member)
         extractor.create_symlinks()
@@ -348,19 +524,28 @@ def _extract_sync(reader: _PullReader, dest: str) -> list[str]:
         raise TransferError(f"not a valid tar stream: {exc}") from None
     finally:
         # Also after a refusal: what was extracted should not stay at mode 0700.
-        extractor.apply_dir_modes()
+        if extractor is not None:
+            extractor.apply_dir_modes()
     return extractor.extracted
 
 
-async def extract_tar_stream(chunks: AsyncIterator[bytes], dest: str) -> list[str]:
+async def extract_tar_stream(
+    chunks: AsyncIterator[bytes],
+    dest: str,
+    *,
+    max_members: int = DEFAULT_MAX_MEMBERS,
+    max_expansion_ratio: float = DEFAULT_MAX_EXPANSION_RATIO,
+) -> list[str]:
     """Extract a tar stream (optionally gzip/bz2/xz compressed) into ``dest``.
 
     Returns the extracted paths relative to ``dest``, in archive order.
-    Raises :class:`TransferError` for a stream that is not a tar archive or
-    holds an unsafe member (see the module docstring); nothing is ever
-    written outside ``dest``. Errors of ``chunks`` itself propagate unchanged.
+    Raises :class:`TransferError` for a stream that is not a tar archive, holds
+    an unsafe member, has more than ``max_members`` members or expands more
+    than ``max_expansion_ratio`` times (see the module docstring); nothing is
+    ever written outside ``dest``. Errors of ``chunks`` itself propagate unchanged.
     """
-    return await anyio.to_thread.run_sync(_extract_sync, _PullReader(chunks), dest)
+    reader = _PullReader(chunks, max_ratio=max_expansion_ratio)
+    return await anyio.to_thread.run_sync(_extract_sync, reader, dest, max_members)
 
 
 # --------------------------------------------------------------------------- download
@@ -454,6 +639,40 @@ class _ChunkWriter:
         pass
 
 
+class _ExactSize:
+    """A file's data cut or NUL-padded to the size its tar header announced.
+
+    tarfile needs exactly that many bytes; files in /proc and /sys announce a size they do
+    not have, and any file may shrink or grow while it is read.
+    """
+
+    def __init__(self, file: IO[bytes], size: int, path: str) -> None:
+        self._file = file
+        self._left = size
+        self._path = path
+        self._ended = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        want = self._left if size < 0 else min(size, self._left)
+        parts: list[bytes] = []
+        got = 0
+        while got < want and not self._ended:
+            data = self._file.read(want - got)
+            if not data:
+                self._ended = True
+                logger.warning(
+                    "download: %s ended %d bytes short of its size; padded with NULs",
+                    self._path,
+                    self._left - got,
+                )
+                break
+            parts.append(data)
+            got += len(data)
+        parts.append(bytes(want - got))
+        self._left -= want
+        return b"".join(parts)
+
+
 def _add_entry(archive: tarfile.TarFile, path: str, arcname: str) -> None:
     try:
         # None for sockets, whatever typeshed says.
@@ -473,7 +692,7 @@ def _add_entry(archive: tarfile.TarFile, path: str, arcname: str) -> None:
         logger.warning("download: skipped %s: %s", path, exc)
         return
     with file:
-        archive.addfile(info, file)
+        archive.addfile(info, cast("IO[bytes]", _ExactSize(file, info.size, path)))
 
 
 def _log_walk_error(exc: OSError) -> None:

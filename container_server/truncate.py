@@ -64,6 +64,14 @@ class OutputBuffer:
             if len(text) <= self._keep:
                 self._line = text
                 return
+            cr = text.rfind("\r")
+            if cr >= 0:
+                # A long line that a carriage return rewinds (a progress bar): keep it open,
+                # its overwritten past collapsed, so later text still overwrites its start.
+                settled, rest = render_overwrites(text[:cr]), text[cr + 1 :]
+                if len(settled) <= self._keep and len(rest) <= self._keep:
+                    self._line = settled + "\r" + rest
+                    return
             # A line longer than we keep anyway: settle it now.
             complete = text
         else:
