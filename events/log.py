@@ -170,8 +170,7 @@ def scan_log(data: bytes | bytearray | memoryview) -> LogScan:
         (version,) = _U32.unpack_from(view, len(MAGIC))
         if version != FORMAT_VERSION:
             raise NotALogError(
-                f"unsupported event log format version {version} "
-                f"(this code reads {FORMAT_VERSION})"
+                f"unsupported event log format version {version} (this code reads {FORMAT_VERSION})"
             )
     if size < HEADER_SIZE:
         if HEADER.startswith(bytes(view[: len(HEADER)])):

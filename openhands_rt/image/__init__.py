@@ -33,9 +33,9 @@ __all__ = [
     "ProgressCallback",
     "bootstrap_base_image",
     "build_runtime_image",
-    "runtime_image_tags",
     "compute_tags",
     "default_version",
     "dir_hash",
+    "runtime_image_tags",
     "tag_safe_base_name",
 ]
