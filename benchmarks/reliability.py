@@ -15,12 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
+import ctypes
 import gc
 import os
 import random
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -134,6 +137,63 @@ def answered_once(stream: EventStream) -> tuple[int, int, int]:
     return len(actions), once, dupes
 
 
+def settle_memory() -> float:
+    """RSS in MB after a full collection and handing freed heap back to the OS."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return rss_mb(os.getpid())
+
+
+async def run_round(
+    image: str | None, sandboxes: int, actions: int, *, local: bool, report: bool
+) -> None:
+    def say(text: str) -> None:
+        if report:
+            print(text)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        streams = [EventStream() for _ in range(sandboxes)]
+        runtimes: list[EventStreamRuntime] = []
+        bases = ["/workspace" if image else str(Path(tmp, f"ws{i}")) for i in range(sandboxes)]
+        for i, stream in enumerate(streams):
+            config = SandboxConfig(
+                runtime_container_image=image,
+                plugins=[JupyterRequirement()],
+                labels={LABEL: "reliability"},
+                workspace_dir=None if image else bases[i],
+            )
+            cls = LocalRuntime if local else DockerRuntime
+            runtimes.append(cls(stream, config, session_id=f"soak{i}-{os.getpid()}"))
+        t0 = time.perf_counter()
+        try:
+            await asyncio.gather(*(rt.connect() for rt in runtimes))
+            say(f"{sandboxes} sandboxes started            {time.perf_counter() - t0:.2f} s")
+            t0 = time.perf_counter()
+            tallies = await asyncio.gather(
+                *(soak(rt, actions, i, bases[i]) for i, rt in enumerate(runtimes))
+            )
+            elapsed = time.perf_counter() - t0
+        finally:
+            await asyncio.gather(*(rt.aclose() for rt in runtimes))
+            for s in streams:
+                await s.aclose()
+        total = collections.Counter[str]()
+        for t in tallies:
+            total.update(t)
+        counts = [answered_once(s) for s in streams]
+        n_actions = sum(c[0] for c in counts)
+        once = sum(c[1] for c in counts)
+        dupes = sum(c[2] for c in counts)
+        say(
+            f"mixed actions                    {n_actions} in {elapsed:.1f} s "
+            f"({n_actions / elapsed:.0f}/s); {dict(sorted(total.items()))}"
+        )
+        say(f"answered exactly once            {once}/{n_actions}")
+        say(f"lost (no answer)                 {n_actions - once - dupes}")
+        say(f"duplicated                       {dupes}")
+
+
 async def main(args: argparse.Namespace) -> None:
     image = None
     if not args.local:
@@ -144,58 +204,25 @@ async def main(args: argparse.Namespace) -> None:
             f"runtime image with jupyter       {result.build_from} "
             f"in {time.perf_counter() - t0:.1f} s"
         )
-    gc.collect()
-    fds0, rss0, kids0 = fd_count(), rss_mb(os.getpid()), child_pids()
-    with tempfile.TemporaryDirectory() as tmp:
-        streams = [EventStream() for _ in range(args.sandboxes)]
-        runtimes: list[EventStreamRuntime] = []
-        for i, stream in enumerate(streams):
-            config = SandboxConfig(
-                runtime_container_image=image,
-                plugins=[JupyterRequirement()],
-                labels={LABEL: "reliability"},
-                workspace_dir=None if image else str(Path(tmp, f"ws{i}")),
-            )
-            cls = LocalRuntime if args.local else DockerRuntime
-            runtimes.append(cls(stream, config, session_id=f"soak{i}-{os.getpid()}"))
-        t0 = time.perf_counter()
-        await asyncio.gather(*(rt.connect() for rt in runtimes))
-        print(f"{args.sandboxes} sandboxes started            {time.perf_counter() - t0:.2f} s")
-        t0 = time.perf_counter()
-        bases = ["/workspace" if image else str(Path(tmp, f"ws{i}")) for i in range(args.sandboxes)]
-        tallies = await asyncio.gather(
-            *(soak(rt, args.actions, i, bases[i]) for i, rt in enumerate(runtimes))
-        )
-        elapsed = time.perf_counter() - t0
-        total = collections.Counter[str]()
-        for t in tallies:
-            total.update(t)
-        counts = [answered_once(s) for s in streams]
-        n_actions = sum(c[0] for c in counts)
-        once = sum(c[1] for c in counts)
-        dupes = sum(c[2] for c in counts)
-        print(
-            f"mixed actions                    {n_actions} in {elapsed:.1f} s "
-            f"({n_actions / elapsed:.0f}/s); {dict(sorted(total.items()))}"
-        )
-        print(f"answered exactly once            {once}/{n_actions}")
-        print(f"lost (no answer)                 {n_actions - once - dupes}")
-        print(f"duplicated                       {dupes}")
-        await asyncio.gather(*(rt.aclose() for rt in runtimes))
-        for s in streams:
-            await s.aclose()
-        del runtimes, streams
-    gc.collect()
+    # A small round first: imports, caches and pools reach their steady size.
+    await run_round(image, 2, 30, local=args.local, report=False)
+    fds0, kids0, rss0 = fd_count(), child_pids(), settle_memory()
+    if args.trace_heap:
+        tracemalloc.start()
+        heap0 = tracemalloc.get_traced_memory()[0]
+    await run_round(image, args.sandboxes, args.actions, local=args.local, report=True)
     await asyncio.sleep(0.5)
-    gc.collect()
     if not args.local:
         print(f"containers left                  {await our_containers()}")
     print(f"child processes left             {len(set(child_pids()) - set(kids0))}")
     print(f"file descriptors                 {fds0} before, {fd_count()} after")
-    rss1 = rss_mb(os.getpid())
+    rss1 = settle_memory()
+    if args.trace_heap:
+        heap1 = tracemalloc.get_traced_memory()[0]
+        print(f"Python heap (tracemalloc)        {(heap1 - heap0) / 1024:+.0f} KB after teardown")
     print(
         f"host process RSS                 {rss0:.1f} MB before, {rss1:.1f} MB after "
-        f"({(rss1 - rss0) / rss0 * 100:+.1f} %)"
+        f"({(rss1 - rss0) / rss0 * 100:+.1f} %; after gc + malloc_trim, warm-up round first)"
     )
 
 
@@ -204,4 +231,7 @@ if __name__ == "__main__":
     parser.add_argument("--sandboxes", type=int, default=20)
     parser.add_argument("--actions", type=int, default=500)
     parser.add_argument("--local", action="store_true", help="LocalRuntime instead of Docker")
+    parser.add_argument(
+        "--trace-heap", action="store_true", help="also measure Python heap growth (slower)"
+    )
     asyncio.run(main(parser.parse_args()))
