@@ -4,12 +4,8 @@ Bash actions are serialised through the one persistent :class:`BashSession`;
 file, editor and plugin actions run concurrently with whatever the shell is
 doing (reading a file while a server runs in the foreground must work).
 
-Streaming output is coalesced here: the shell hands every piece it reads to
-:class:`ChunkCoalescer`, which emits at most one :class:`CmdOutputChunk` per
-``chunk_interval`` seconds. Commands that finish within the first interval
-emit no chunk at all (the observation carries everything); once a chunk has
-been sent for an action, the chunks of that action together carry all of its
-output.
+Streaming output goes through :class:`~container_server.chunks.ChunkCoalescer`
+(at most one ``CmdOutputChunk`` per ``chunk_interval`` seconds).
 """
 
 from __future__ import annotations
@@ -34,7 +30,7 @@ from events import (
     Observation,
 )
 
-__all__ = ["ACTION_TYPES", "ActionExecutor", "ChunkCoalescer", "RunnableAction"]
+__all__ = ["ACTION_TYPES", "ActionExecutor", "RunnableAction"]
 
 logger = logging.getLogger(__name__)
 
