@@ -50,3 +50,17 @@ def test_replay_of_a_file_that_is_neither_format(tmp_path: pytest.TempPathFactor
     result = cli("replay", "--local", path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def test_shell_runs_lines_and_leaves_on_eof() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "openhands_rt.cli", "shell", "--local"],
+        input="cd /tmp\npwd\necho hello from the shell\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "/tmp" in result.stdout
+    assert "hello from the shell" in result.stdout
