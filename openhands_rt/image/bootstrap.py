@@ -8,7 +8,6 @@ the engine through ``POST /images/create?fromSrc=-``. Nothing is pulled.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
 import shutil
@@ -22,7 +21,7 @@ import anyio
 
 from openhands_rt.docker_client import image_exists, import_image, split_image_ref, use_docker
 from openhands_rt.errors import SandboxError
-from openhands_rt.image.progress import ProgressCallback, report
+from openhands_rt.image.progress import ProgressCallback, report, run_reporting
 
 __all__ = [
     "DEFAULT_BASE_IMAGE",
@@ -171,30 +170,14 @@ async def _debootstrap(
         str(rootfs),
         mirror,
     ]
-    logger.info("running %s", " ".join(argv))
     await report(on_progress, " ".join(argv))
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+    returncode, tail = await run_reporting(
+        argv,
+        label="debootstrap",
+        on_progress=on_progress,
         env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        tail_lines=_TAIL_LINES,
     )
-    tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
-    try:
-        assert process.stdout is not None
-        async for raw in process.stdout:
-            line = raw.decode("utf-8", "replace").rstrip()
-            if not line:
-                continue
-            tail.append(line)
-            logger.debug("debootstrap: %s", line)
-            await report(on_progress, line)
-        returncode = await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
     if returncode != 0:
         # debootstrap keeps its detailed log inside the target.
         log_file = rootfs / "debootstrap" / "debootstrap.log"

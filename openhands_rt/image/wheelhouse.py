@@ -17,8 +17,6 @@ from the index, hash-checked, its dependencies resolved with the rest.
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import hashlib
 import json
 import logging
@@ -38,7 +36,7 @@ from yarl import URL
 from openhands_rt.errors import SandboxBuildError
 from openhands_rt.image.cache import cache_dir
 from openhands_rt.image.probe import PythonInfo
-from openhands_rt.image.progress import ProgressCallback, report
+from openhands_rt.image.progress import ProgressCallback, report, run_reporting
 from openhands_rt.image.project import normalize_name
 
 __all__ = [
@@ -298,28 +296,10 @@ async def run_pip(
         "off",
         *arguments,
     ]
-    logger.info("running %s", " ".join(argv))
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+    returncode, tail = await run_reporting(
+        argv, label="pip", on_progress=on_progress, tail_lines=_TAIL_LINES
     )
-    tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
-    try:
-        assert process.stdout is not None
-        async for raw in process.stdout:
-            line = raw.decode("utf-8", "replace").rstrip()
-            if line:
-                tail.append(line)
-                logger.debug("pip: %s", line)
-                await report(on_progress, line)
-        returncode = await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    return None if returncode == 0 else list(tail)
+    return None if returncode == 0 else tail
 
 
 def _finish_wheelhouse(staging: Path, pip_wheel: Path, directory: Path) -> Wheelhouse:
