@@ -76,6 +76,7 @@ class ServerSettings:
     plugin_init_timeout: float = 60.0
     startup_notes: list[str] = field(default_factory=list)
     max_process_memory_mb: int | None = None
+    max_outbox_frames: int = 10_000
     max_upload_members: int = DEFAULT_MAX_MEMBERS
 
 
@@ -387,7 +388,15 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         compress=False,
     )
     await ws.prepare(request)
-    client, outbox = state.hub.attach(client_id)
+
+    def overflow() -> None:
+        logger.warning("client %s does not read its replies; dropping its connection", client_id)
+        if request.transport is not None:
+            request.transport.abort()  # the writer may be blocked on a full socket
+
+    client, outbox = state.hub.attach(
+        client_id, max_frames=state.settings.max_outbox_frames, on_overflow=overflow
+    )
     if not client.greeted:
         # Facts about the sandbox's start, told once to every new client.
         client.greeted = True

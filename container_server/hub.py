@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import msgspec
 
@@ -33,17 +34,35 @@ logger = logging.getLogger(__name__)
 
 
 class Outbox:
-    """One connection's outgoing frames, in order."""
+    """One connection's outgoing frames, in order.
 
-    __slots__ = ("_queue", "closed")
+    Bounded: a peer that stops reading makes its frames pile up here once the
+    socket buffers are full. Past ``max_frames`` the outbox closes and calls
+    ``on_overflow`` (which drops the connection); results stay cached, so a
+    client that reconnects and resends its ids loses nothing but chunks.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_max_frames", "_on_overflow", "_queue", "closed", "overflowed")
+
+    def __init__(
+        self, *, max_frames: int = 10_000, on_overflow: Callable[[], None] | None = None
+    ) -> None:
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._max_frames = max_frames
+        self._on_overflow = on_overflow
         self.closed = False
+        self.overflowed = False
 
     def put(self, event: Event) -> None:
-        if not self.closed:
-            self._queue.put_nowait(event)
+        if self.closed:
+            return
+        if self._queue.qsize() >= self._max_frames:
+            self.overflowed = True
+            self.close()
+            if self._on_overflow is not None:
+                self._on_overflow()
+            return
+        self._queue.put_nowait(event)
 
     def close(self) -> None:
         if not self.closed:
@@ -95,7 +114,13 @@ class ChannelHub:
         self.running_actions = 0
         self.last_activity = time.monotonic()
 
-    def attach(self, client_id: str) -> tuple[ClientState, Outbox]:
+    def attach(
+        self,
+        client_id: str,
+        *,
+        max_frames: int = 10_000,
+        on_overflow: Callable[[], None] | None = None,
+    ) -> tuple[ClientState, Outbox]:
         """A connection for ``client_id`` opened: it becomes the client's current one."""
         client = self._clients.get(client_id)
         if client is None:
@@ -110,7 +135,7 @@ class ChannelHub:
             self._clients.move_to_end(client_id)
         if client.outbox is not None:
             client.outbox.close()  # the newest connection wins
-        outbox = Outbox()
+        outbox = Outbox(max_frames=max_frames, on_overflow=on_overflow)
         client.outbox = outbox
         return client, outbox
 

@@ -327,3 +327,46 @@ def test_openapi_is_valid_json() -> None:
     from container_server.openapi import OPENAPI_SPEC
 
     assert json.loads(json.dumps(OPENAPI_SPEC))["openapi"].startswith("3.")
+
+
+async def test_a_client_that_never_reads_is_dropped_and_loses_no_result(tmp_path: Path) -> None:
+    settings = ServerSettings(
+        working_dir=str(tmp_path), api_key=KEY, max_frame_bytes=1 << 21, max_outbox_frames=20
+    )
+    (tmp_path / "big.txt").write_text("z" * 500_000)
+    srv = TestServer(create_app(settings), host="127.0.0.1")
+    await srv.start_server()
+    try:
+        ws = await open_ws(srv, "lazy")
+        # ~500 KB answers that nobody reads: socket buffers fill, then the outbox.
+        for action_id in range(400):
+            try:
+                await ws.send(act(FileReadAction("big.txt"), action_id))
+            except ConnectionClosed:
+                break
+        async def read_until_dropped() -> None:
+            while True:
+                await asyncio.wait_for(ws.recv(), 10)
+
+        with pytest.raises(ConnectionClosed):
+            await read_until_dropped()
+        # Let the reads already started finish (their results go to the cache, not to
+        # a connection), then come back.
+        async with aiohttp.ClientSession(headers=HEADERS) as http:
+            for _ in range(200):
+                async with http.get(srv.make_url("/server_info")) as r:
+                    if (await r.json())["running_actions"] == 0:
+                        break
+                await asyncio.sleep(0.05)
+        # The server lives on, and the results are kept for a client that comes back.
+        async with await open_ws(srv, "lazy") as again:
+            await again.send(act(FileReadAction("big.txt"), 0))
+            obs = await recv_answer(again, 0)
+            assert isinstance(obs, FileReadObservation)
+            assert len(obs.content) == 500_000
+            await again.send(act(CmdRunAction("echo alive"), 1000))
+            alive = await recv_answer(again, 1000)
+            assert isinstance(alive, CmdOutputObservation)
+            assert alive.content.strip() == "alive"
+    finally:
+        await srv.close()
