@@ -344,6 +344,7 @@ async def test_a_client_that_never_reads_is_dropped_and_loses_no_result(tmp_path
                 await ws.send(act(FileReadAction("big.txt"), action_id))
             except ConnectionClosed:
                 break
+
         async def read_until_dropped() -> None:
             while True:
                 await asyncio.wait_for(ws.recv(), 10)
