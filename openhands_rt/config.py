@@ -40,6 +40,7 @@ class SandboxConfig:
     startup_timeout: float = 60.0
     read_only_root: bool = False
     labels: dict[str, str] = field(default_factory=dict)  # extra labels on the container
+    auto_restart: bool = False  # DockerRuntime: start a sandbox whose server died again
 
     def __post_init__(self) -> None:
         for name in ("timeout", "no_change_timeout", "startup_timeout"):

@@ -111,7 +111,8 @@ class DockerRuntime(EventStreamRuntime):
 
     ``auto_restart=True``: when the container exits unexpectedly and still
     exists, start it again (see the module docstring); off by default, so
-    that a dead sandbox stays dead until the caller decides.
+    that a dead sandbox stays dead until the caller decides. ``None`` takes
+    ``config.auto_restart``.
     """
 
     def __init__(
@@ -122,7 +123,7 @@ class DockerRuntime(EventStreamRuntime):
         session_id: str | None = None,
         client_id: str | None = None,
         docker: aiodocker.Docker | None = None,
-        auto_restart: bool = False,
+        auto_restart: bool | None = None,
     ) -> None:
         super().__init__(stream, config, session_id=session_id, client_id=client_id)
         self._docker = docker
@@ -130,7 +131,7 @@ class DockerRuntime(EventStreamRuntime):
         self.container: Any = None  # aiodocker DockerContainer
         self.image: str | None = None
         self.attached = False
-        self.auto_restart = auto_restart
+        self.auto_restart = self.config.auto_restart if auto_restart is None else auto_restart
         self.restarts = 0  # how many times auto_restart brought the container back
         self._watcher: asyncio.Task[None] | None = None
         self._restarter: asyncio.Task[None] | None = None

@@ -1,0 +1,50 @@
+"""SandboxConfig validation and defaults."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from events import EventStream
+from openhands_rt import DockerRuntime, SandboxConfig
+
+
+def test_defaults_follow_the_api() -> None:
+    config = SandboxConfig()
+    assert config.base_container_image == "python:3.12-slim"
+    assert config.timeout == 120.0
+    assert config.no_change_timeout == 10.0
+    assert config.network == "bridge"
+    assert config.plugins == []
+    assert not config.keep_runtime_alive
+    assert not config.run_as_root
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"timeout": 0},
+        {"timeout": -1.0},
+        {"no_change_timeout": math.inf},
+        {"startup_timeout": math.nan},
+        {"network": "host"},
+        {"cpus": 0},
+        {"memory_mb": 4},
+        {"pids_limit": 0},
+        {"env": {"A=B": "x"}},
+        {"env": {"": "x"}},
+    ],
+)
+def test_invalid_values_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="SandboxConfig"):
+        SandboxConfig(**bad)  # type: ignore[arg-type]
+
+
+async def test_auto_restart_comes_from_the_config_unless_given() -> None:
+    async with EventStream() as stream:
+        assert DockerRuntime(stream, SandboxConfig(auto_restart=True)).auto_restart
+        assert not DockerRuntime(stream, SandboxConfig()).auto_restart
+        assert not DockerRuntime(
+            stream, SandboxConfig(auto_restart=True), auto_restart=False
+        ).auto_restart
