@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import statistics
 
+from aiodocker.exceptions import DockerError
+
+from openhands_rt.docker_client import open_docker
+
 
 def percentiles_ms(samples_s: list[float]) -> str:
     ordered = sorted(samples_s)
@@ -18,3 +22,17 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+async def remove_labelled_containers(label: str) -> list[str]:
+    """Force-remove every container carrying ``label`` (``key=value``); their short ids."""
+    removed = []
+    async with open_docker() as docker:
+        for container in await docker.containers.list(all=True, filters={"label": [label]}):
+            try:
+                await container.delete(force=True)
+            except DockerError as exc:
+                if exc.status != 404:
+                    raise
+            removed.append(container.id[:12])
+    return removed

@@ -33,8 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _util import percentiles_ms, rss_mb
-from aiodocker.exceptions import DockerError
+from _util import percentiles_ms, remove_labelled_containers, rss_mb
 
 from events import CmdOutputObservation, CmdRunAction, EventStream
 from openhands_rt import DockerRuntime, SandboxConfig
@@ -247,19 +246,8 @@ async def concurrent(bench: Bench, n: int) -> None:
 
 
 async def remove_ours() -> list[str]:
-    """Force-remove every container carrying this run's label; returns their names."""
-    removed = []
-    async with open_docker() as docker:
-        for container in await docker.containers.list(
-            all=True, filters={"label": [f"{RUN_LABEL}={RUN_ID}"]}
-        ):
-            try:
-                await container.delete(force=True)
-            except DockerError as exc:
-                if exc.status != 404:
-                    raise
-            removed.append(container.id[:12])
-    return removed
+    """Force-remove every container carrying this run's label; returns their ids."""
+    return await remove_labelled_containers(f"{RUN_LABEL}={RUN_ID}")
 
 
 async def engine_runtimes() -> set[str]:

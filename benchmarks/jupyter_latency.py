@@ -31,8 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _util import percentiles_ms
-from aiodocker.exceptions import DockerError
+from _util import percentiles_ms, remove_labelled_containers
 
 from container_server.jupyter import JupyterPlugin
 from events import EventStream, IPythonRunCellAction, IPythonRunCellObservation
@@ -144,18 +143,7 @@ class Sandboxes:
 
 
 async def remove_ours() -> int:
-    removed = 0
-    async with open_docker() as docker:
-        for container in await docker.containers.list(
-            all=True, filters={"label": [f"{RUN_LABEL}={RUN_ID}"]}
-        ):
-            try:
-                await container.delete(force=True)
-            except DockerError as exc:
-                if exc.status != 404:
-                    raise
-            removed += 1
-    return removed
+    return len(await remove_labelled_containers(f"{RUN_LABEL}={RUN_ID}"))
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -21,26 +21,31 @@ import os
 import pwd
 import resource
 
-__all__ = ["become_user"]
+__all__ = ["become_user", "renumbered"]
 
 logger = logging.getLogger(__name__)
 
 
-def _rewrite_ids(path: str, name: str, new_id: int, *, fields: tuple[int, ...]) -> None:
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines(keepends=True)
+def renumbered(text: str, name: str, new_id: int, *, fields: tuple[int, ...]) -> str:
+    """``text`` (passwd or group format) with ``fields`` of ``name``'s line set to ``new_id``."""
     out = []
-    for line in lines:
+    for line in text.splitlines(keepends=True):
         parts = line.rstrip("\n").split(":")
-        if parts and parts[0] == name:
+        if parts[0] == name:
             for i in fields:
                 if i < len(parts):
                     parts[i] = str(new_id)
             line = ":".join(parts) + "\n"
         out.append(line)
+    return "".join(out)
+
+
+def _rewrite_ids(path: str, name: str, new_id: int, *, fields: tuple[int, ...]) -> None:
+    with open(path, encoding="utf-8") as f:
+        text = renumbered(f.read(), name, new_id, fields=fields)
     tmp = f"{path}.openhands-rt"
     with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(out)
+        f.write(text)
     os.chmod(tmp, os.stat(path).st_mode & 0o7777)
     os.replace(tmp, path)
 

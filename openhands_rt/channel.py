@@ -26,6 +26,7 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect, unix_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from container_server.app import API_KEY_HEADER
 from events import (
     Action,
     CmdOutputChunk,
@@ -43,7 +44,6 @@ __all__ = ["API_KEY_HEADER", "ChannelClient"]
 
 logger = logging.getLogger(__name__)
 
-API_KEY_HEADER = "X-Session-API-Key"
 _BACKOFF_START = 0.02
 _BACKOFF_MAX = 1.0
 

@@ -53,6 +53,7 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 
+from container_server.privileges import renumbered
 from events import EventStream, RuntimeStatus
 from openhands_rt.config import SandboxConfig
 from openhands_rt.errors import SandboxError, SandboxStartError
@@ -332,8 +333,8 @@ class DockerRuntime(EventStreamRuntime):
             # already right (uid and gid = the workspace owner, as it would make them).
             uid = gid = wanted_uid
             files = {
-                "passwd": _renumbered(passwd, username, uid, fields=(2, 3)),
-                "group": _renumbered(group, username, gid, fields=(2,)),
+                "passwd": renumbered(passwd, username, uid, fields=(2, 3)),
+                "group": renumbered(group, username, gid, fields=(2,)),
             }
             self._etc_dir = await asyncio.to_thread(_write_etc_dir, self.session_id, files)
             places.binds += [f"{self._etc_dir}/{n}:/etc/{n}:ro" for n in files]
@@ -670,20 +671,6 @@ def _write_etc_dir(session_id: str, files: Mapping[str, str]) -> str:
             f.write(text)
         os.chmod(path, 0o644)
     return directory
-
-
-def _renumbered(text: str, name: str, new_id: int, *, fields: tuple[int, ...]) -> str:
-    """``text`` (passwd or group format) with ``fields`` of ``name``'s line set to ``new_id``."""
-    out = []
-    for line in text.splitlines(keepends=True):
-        parts = line.rstrip("\n").split(":")
-        if parts[0] == name:
-            for i in fields:
-                if i < len(parts):
-                    parts[i] = str(new_id)
-            line = ":".join(parts) + "\n"
-        out.append(line)
-    return "".join(out)
 
 
 def _demultiplex_lines(buffer: bytes) -> list[bytes]:

@@ -145,5 +145,6 @@ class LocalRuntime(EventStreamRuntime):
         await asyncio.gather(*self._drainers, return_exceptions=True)
         self._drainers.clear()
         if self._temp_dir is not None:
-            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            # The workspace may hold anything the agent made: not on the event loop.
+            await asyncio.to_thread(shutil.rmtree, self._temp_dir, ignore_errors=True)
             self._temp_dir = None
