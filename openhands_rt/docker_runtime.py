@@ -241,6 +241,18 @@ class DockerRuntime(EventStreamRuntime):
 
     async def _start_again(self, container: Any) -> SandboxEndpoint:
         """Start this session's stopped container again (auto_restart)."""
+        try:
+            return await self._start_existing(container)
+        except DockerError as exc:
+            # A removal racing the restart: gone (404) or going (409) by now.
+            if exc.status in (404, 409):
+                raise SandboxError(
+                    f"{self.container_name} was removed while it was being started again "
+                    f"({exc.message}); connect() makes a fresh sandbox"
+                ) from exc
+            raise
+
+    async def _start_existing(self, container: Any) -> SandboxEndpoint:
         info = await container.show()
         if info["State"].get("Running"):
             endpoint = await self._attach(container)
