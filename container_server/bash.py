@@ -76,6 +76,7 @@ from container_server.bash_protocol import (
     soft_timeout_suffix,
     special_key,
 )
+from container_server.privileges import child_credentials
 from container_server.truncate import OutputBuffer
 from events import CmdOutputMetadata, CmdOutputObservation, CmdRunAction, ErrorObservation
 
@@ -668,7 +669,12 @@ class BashSession:
         return env
 
     def _target_uid(self) -> int | None:
-        """The uid to switch to: only when running as root and asked for another user."""
+        """The uid to switch to: only when running as root and asked for another user.
+
+        A server that already acts as the sandbox user (real uid 0, effective uid
+        the sandbox user's: :mod:`container_server.privileges`) starts bash as its
+        effective user; that is not a switch this method decides.
+        """
         if os.geteuid() != 0:
             if self._user_id is not None and self._user_id != os.geteuid():
                 logger.warning(
@@ -692,7 +698,7 @@ class BashSession:
         bash = shutil.which("bash", path=env.get("PATH", os.defpath))
         if bash is None:
             raise BashStartError("bash was not found on PATH")
-        user_args: dict[str, object] = {}
+        user_args: dict[str, object] = dict(child_credentials())
         if uid is not None:
             try:
                 entry = pwd.getpwuid(uid)

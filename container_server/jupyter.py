@@ -65,6 +65,7 @@ from container_server.jupyter_output import (
     unresponsive_kernel_note,
 )
 from container_server.plugins import ChunkSink, Plugin
+from container_server.privileges import child_credentials
 from events import Action, ErrorObservation, IPythonRunCellAction, IPythonRunCellObservation
 
 __all__ = ["JupyterPlugin", "KernelStartError"]
@@ -200,6 +201,8 @@ class _Kernel:
                     cwd=cwd,
                     # Its own process group: an interrupt reaches what the cell started too.
                     start_new_session=True,
+                    # The sandbox user through and through, never the server's real uid.
+                    **child_credentials(),  # type: ignore[arg-type]
                 )
             except OSError as exc:
                 raise KernelStartError(f"cannot run {python} in {cwd}: {exc}") from exc

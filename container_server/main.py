@@ -1,16 +1,26 @@
 """Command line of the action execution server.
 
 ``python -m container_server --port P --working-dir DIR [--plugins NAME ...]
-[--username U --user-id N]`` with ``SESSION_API_KEY`` in the environment.
-Port 0 picks a free port. Once ``/alive`` answers "ok" the first line on
-standard output is ``listening on http://HOST:PORT`` (or
-``listening on unix:PATH`` with ``--unix-socket``).
+[--username U --user-id N]`` with ``SESSION_API_KEY`` in the environment, or
+``--api-key-file PATH`` (a file only root can read: how Docker sandboxes get
+it, so that the key is in no process's environment). Port 0 picks a free port.
+Once ``/alive`` answers "ok" the first line on standard output is
+``listening on http://HOST:PORT`` (or ``listening on unix:PATH`` with
+``--unix-socket``).
+
+Started as root with ``--username`` (in a container): the key is read, the
+sandbox user prepared and the listening socket made while still root (so the
+socket's peer credentials name uid 0, which no sandbox process has); then the
+server keeps uid 0 only as its real and saved uid, acts as the sandbox user
+with no capability left (:mod:`container_server.privileges`) and installs the
+filter of :mod:`container_server.seccomp` before it starts anything.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -22,7 +32,8 @@ from aiohttp import web
 
 from container_server.app import DEFAULT_MAX_FRAME_BYTES, ServerSettings, create_app
 from container_server.plugin_registry import UnknownPluginError
-from container_server.privileges import become_user
+from container_server.privileges import drop_privileges, prepare_sandbox_user
+from container_server.seccomp import install_filter
 
 __all__ = ["main", "parse_args"]
 
@@ -35,6 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
     p.add_argument("--unix-socket", default=None, help="serve on this Unix socket instead of TCP")
     p.add_argument("--working-dir", required=True, help="the shell's initial directory")
+    p.add_argument(
+        "--api-key-file",
+        default=None,
+        help="read the session API key from this file instead of SESSION_API_KEY",
+    )
     p.add_argument("--plugins", nargs="*", default=[], help="plugins to initialize")
     p.add_argument("--username", default=None, help="user the shell runs as (server as root)")
     p.add_argument("--user-id", type=int, default=None, help="uid the shell runs as")
@@ -55,7 +71,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def serve(args: argparse.Namespace, api_key: str, notes: list[str]) -> int:
+class _ListeningSocket(socket.socket):
+    """A socket that is already listening: asyncio's second ``listen()`` is skipped.
+
+    Linux records a Unix socket's peer credentials (``SO_PEERCRED``) at each
+    ``listen()``; the server listens as root, before dropping its privileges, and
+    those credentials must stay root's (the host checks them).
+    """
+
+    def listen(self, backlog: int = 0, /) -> None:
+        pass
+
+
+def listen(args: argparse.Namespace) -> tuple[socket.socket, str]:
+    """The server's listening socket and where it listens (for the readiness line)."""
+    if args.unix_socket:
+        path = args.unix_socket
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # left by a previous run of this container
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            if os.geteuid() == 0:
+                # Only the owner of the directory it is in (the host user) may connect.
+                owner = os.stat(os.path.dirname(path) or ".").st_uid
+                os.chown(path, owner, -1)
+                os.chmod(path, 0o600)
+            else:
+                os.chmod(path, 0o660)
+            sock.listen(128)
+        except BaseException:
+            sock.close()
+            raise
+        return _ListeningSocket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=sock.detach()), (
+            f"unix:{path}"
+        )
+    sock = socket.create_server((args.host, args.port), reuse_port=False)
+    host, port = sock.getsockname()[:2]
+    return sock, f"http://{host}:{port}"
+
+
+async def serve(
+    args: argparse.Namespace, api_key: str, notes: list[str], sock: socket.socket, where: str
+) -> int:
     settings = ServerSettings(
         working_dir=os.path.abspath(args.working_dir),
         api_key=api_key,
@@ -77,18 +135,8 @@ async def serve(args: argparse.Namespace, api_key: str, notes: list[str]) -> int
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     try:
-        site: web.BaseSite
-        if args.unix_socket:
-            site = web.UnixSite(runner, args.unix_socket)
-            await site.start()
-            os.chmod(args.unix_socket, 0o660)
-            where = f"unix:{args.unix_socket}"
-        else:
-            sock = socket.create_server((args.host, args.port), reuse_port=False)
-            site = web.SockSite(runner, sock)
-            await site.start()
-            host, port = sock.getsockname()[:2]
-            where = f"http://{host}:{port}"
+        site = web.SockSite(runner, sock)
+        await site.start()
         print(f"listening on {where}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -116,27 +164,43 @@ def _scrub_initial_environment(name: str) -> None:
         i += 1
 
 
+def _read_api_key(args: argparse.Namespace) -> str:
+    # Removed from the environment either way, so that the shell, plugins and every
+    # process the agent starts never see it: popped from os.environ (children's
+    # environments), and scrubbed from the process's initial environment block
+    # (/proc/<pid>/environ).
+    api_key = os.environ.get("SESSION_API_KEY", "")
+    _scrub_initial_environment("SESSION_API_KEY")
+    os.environ.pop("SESSION_API_KEY", None)
+    if args.api_key_file:
+        with open(args.api_key_file, encoding="utf-8") as f:
+            api_key = f.read().strip()
+    return api_key
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # Removed so that the shell, plugins and every process the agent starts never
-    # see it: popped from os.environ (children's environments), and scrubbed from
-    # the process's initial environment block (/proc/<pid>/environ).
-    api_key = os.environ.get("SESSION_API_KEY", "")
-    _scrub_initial_environment("SESSION_API_KEY")
-    os.environ.pop("SESSION_API_KEY", None)
+    try:
+        api_key = _read_api_key(args)
+    except OSError as exc:
+        print(f"error: cannot read the API key file: {exc}", file=sys.stderr)
+        return 2
     if not api_key:
-        print("error: SESSION_API_KEY must be set in the environment", file=sys.stderr)
+        print(
+            "error: SESSION_API_KEY must be set in the environment (or --api-key-file given)",
+            file=sys.stderr,
+        )
         return 2
     os.makedirs(args.working_dir, exist_ok=True)
     notes: list[str] = []
+    identity = None
     if args.username and os.geteuid() == 0:
-        # Started as root in a container: become the sandbox user before anything
-        # else runs, so the shell, plugins and file actions all run unprivileged.
+        # Started as root in a container: prepare the sandbox user while still root.
         try:
-            notes = become_user(
+            identity = prepare_sandbox_user(
                 args.username,
                 workspace=args.working_dir,
                 uid=args.user_id,
@@ -145,9 +209,23 @@ def main(argv: list[str] | None = None) -> int:
         except (KeyError, OSError, ValueError) as exc:
             print(f"error: cannot switch to user {args.username!r}: {exc}", file=sys.stderr)
             return 2
-        # Already that user: nothing left to switch (plugins still get the name).
+        notes = list(identity.notes)
+        # Already acting as that user after the drop: nothing left to switch.
         args.user_id = None
     try:
-        return asyncio.run(serve(args, api_key, notes))
+        sock, where = listen(args)
+    except OSError as exc:
+        print(f"error: cannot listen: {exc}", file=sys.stderr)
+        return 2
+    if identity is not None:
+        try:
+            drop_privileges(identity)
+            install_filter()
+        except OSError as exc:
+            sock.close()
+            print(f"error: cannot drop privileges: {exc}", file=sys.stderr)
+            return 2
+    try:
+        return asyncio.run(serve(args, api_key, notes, sock, where))
     except KeyboardInterrupt:
         return 130

@@ -19,6 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import stat
+import struct
 import time
 from collections.abc import Callable
 
@@ -48,6 +52,53 @@ _BACKOFF_START = 0.02
 _BACKOFF_MAX = 1.0
 
 
+def _connect_checked_sync(path: str, peer_uid: int) -> socket.socket:
+    directory, name = os.path.split(path)
+    # The directory is pinned by a descriptor and the socket reached through it: a
+    # rename of the directory between the checks and the connect changes nothing.
+    dir_fd = os.open(directory or ".", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(dir_fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise SandboxConnectionError(
+                f"refusing the channel socket: {directory} is not private to this user "
+                f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})"
+            )
+        target = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISSOCK(target.st_mode):
+            raise SandboxConnectionError(f"refusing the channel socket: {path} is not a socket")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(10)
+            sock.connect(f"/proc/self/fd/{dir_fd}/{name}")
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid, uid, _gid = struct.unpack("3i", creds)
+            if uid != peer_uid:
+                raise SandboxConnectionError(
+                    f"refusing the channel socket {path}: it is served by uid {uid} "
+                    f"(pid {pid}), not by the sandbox's server (uid {peer_uid})"
+                )
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    finally:
+        os.close(dir_fd)
+
+
+async def connect_checked(path: str, *, peer_uid: int) -> socket.socket:
+    """A connected Unix socket to ``path``, once it is known to be the sandbox's server.
+
+    Before any byte (the key above all) is sent: the socket's directory must be
+    private to this user (so that no one else can have put a socket there), and
+    the listening process must have ``peer_uid`` (``SO_PEERCRED``; the server binds
+    its socket as root, which no process of the agent is). Raises
+    :class:`SandboxConnectionError` otherwise; ``OSError`` when the connect fails.
+    """
+    return await asyncio.to_thread(_connect_checked_sync, path, peer_uid)
+
+
 class ChannelClient:
     """A reconnecting action channel to one sandbox server.
 
@@ -63,6 +114,7 @@ class ChannelClient:
         client_id: str,
         on_event: Callable[[Event], None],
         unix_socket: str | None = None,
+        peer_uid: int | None = None,
         max_frame_bytes: int = 16 * 1024 * 1024,
         reconnect_deadline: float = 30.0,
     ) -> None:
@@ -71,6 +123,7 @@ class ChannelClient:
         self._client_id = client_id
         self._on_event = on_event
         self._unix_socket = unix_socket
+        self._peer_uid = peer_uid
         self._max_frame_bytes = max_frame_bytes
         self._reconnect_deadline = reconnect_deadline
         self.pending: dict[int, bytes] = {}
@@ -99,7 +152,10 @@ class ChannelClient:
         }
         try:
             if self._unix_socket is not None:
-                return await unix_connect(self._unix_socket, self.ws_url, **kwargs)
+                if self._peer_uid is None:
+                    return await unix_connect(self._unix_socket, self.ws_url, **kwargs)
+                sock = await connect_checked(self._unix_socket, peer_uid=self._peer_uid)
+                return await unix_connect(None, self.ws_url, sock=sock, **kwargs)
             return await connect(self.ws_url, **kwargs)  # type: ignore[arg-type]
         except InvalidStatus as exc:
             if exc.response.status_code == 401:

@@ -8,11 +8,24 @@ host's 127.0.0.1 with a port Docker chooses; with ``network="none"`` there is
 no port at all and the channel runs over a Unix socket in a host directory
 bind-mounted into the container.
 
-The container starts as root only long enough for the server to become the
-sandbox user (see :mod:`container_server.privileges`); every capability is
-dropped except the four that switch needs, ``no-new-privileges`` is set, and
-Docker's init reaps zombies. Readiness is the server's own "listening on" line
-in the container's log stream (an event, not a poll), under a deadline.
+The container starts as root only long enough for the server to make itself
+unreachable for the agent and act as the sandbox user (see
+:mod:`container_server.privileges`): every capability is dropped except the five
+that switch needs, ``no-new-privileges`` is set, and Docker's init reaps
+zombies. The server runs on an isolated interpreter (``python -I``: neither the
+working directory nor anything from the environment on its path), so nothing
+the agent writes is ever imported by it. Readiness is the server's own
+"listening on" line in the container's log stream (an event, not a poll),
+under a deadline.
+
+The session key is in no environment: each sandbox has a **run directory** on
+the host (made private to the host user, in the temp directory) holding the key file and, with ``network="none"``, the server's
+socket. It is bind-mounted below a root-only tmpfs (:data:`RUN_DIR_IN_CONTAINER`,
+mode 0700), so that no sandbox process but the server (root, until it drops
+its privileges after reading the key and binding its socket) can reach it,
+even though the sandbox user usually has the host user's uid. On the host the
+channel checks the socket before it sends the key (see
+:class:`openhands_rt.channel.ChannelClient`).
 
 A container that exits while the runtime uses it (``docker kill``, the server
 killed or OOM-killed: the server is the init's only child, so its death ends
@@ -60,6 +73,7 @@ from openhands_rt.errors import SandboxError, SandboxStartError
 from openhands_rt.plugins import check_plugins
 from openhands_rt.runtime import EventStreamRuntime, SandboxEndpoint
 from openhands_rt.sandboxes import (
+    HOST_DIR_PREFIX,
     LABEL_KEEP_ALIVE,
     LABEL_SESSION,
     owner_labels,
@@ -73,15 +87,23 @@ logger = logging.getLogger(__name__)
 CONTAINER_PREFIX = "openhands-runtime-"
 SERVER_PORT = 30150
 SERVER_PYTHON = "/openhands_rt/venv/bin/python"
-SOCKET_DIR_IN_CONTAINER = "/openhands_rt/sock"
+#: ``-I``: isolated; the server's path is the image's root-owned code and venv only.
+SERVER_COMMAND = [SERVER_PYTHON, "-I", "-m", "container_server"]
+#: A root-only (0700) tmpfs; the host's run directory is mounted inside it.
+RUN_DIR_IN_CONTAINER = "/run/openhands-rt"
+HOST_DIR_IN_CONTAINER = f"{RUN_DIR_IN_CONTAINER}/host"
+KEY_FILE = "key"
+SOCKET_FILE = "server.sock"
 SANDBOX_USER = "openhands"
-# Needed only while the server switches from root to the sandbox user; the
-# kernel clears them all at setuid to a non-root uid. SETUID/SETGID: the switch
-# itself; CHOWN: giving a root-owned workspace, or a home re-numbered to the
-# workspace owner, to the sandbox user; DAC_OVERRIDE: reading private
-# directories of that home while re-numbering. Nothing else (FOWNER included)
-# is needed: docs/containment.md.
-SWITCH_CAPABILITIES = ["CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE"]
+# Needed only while the server starts, as root; it drops every one of them (and
+# empties the bounding set) before it starts anything. SETUID/SETGID: acting as
+# the sandbox user; SETPCAP: emptying the bounding set that every process the
+# agent starts inherits; CHOWN: giving a root-owned workspace, or a home
+# re-numbered to the workspace owner, to the sandbox user, and the channel's
+# socket to the host user; DAC_OVERRIDE: reading private directories of that
+# home while re-numbering, and the key in (and the socket into) the host user's
+# run directory. Nothing else (FOWNER included) is needed: docs/containment.md.
+SWITCH_CAPABILITIES = ["CHOWN", "SETUID", "SETGID", "SETPCAP", "DAC_OVERRIDE"]
 RUNSC_MEMORY_HEADROOM_MB = 256
 # Writable tmpfs sizes with read_only_root (MB); each is capped at a quarter of
 # memory_mb, because tmpfs pages are charged to the container's memory and a
@@ -139,7 +161,8 @@ class DockerRuntime(EventStreamRuntime):
         self._restarting = False
         self._restart_times: deque[float] = deque(maxlen=RESTART_LIMIT)
         self._connect_lock = asyncio.Lock()
-        self._socket_dir: str | None = None
+        self._run_dir: str | None = None  # on the host: the key, and the socket (network none)
+        self.endpoint: SandboxEndpoint | None = None
         self._etc_dir: str | None = None
         self._stopping = False
 
@@ -216,8 +239,14 @@ class DockerRuntime(EventStreamRuntime):
             raise
 
     def _api_key_of(self, info: Mapping[str, Any]) -> str:
-        env = dict(e.split("=", 1) for e in info["Config"].get("Env") or [] if "=" in e)
-        api_key: str = env.get("SESSION_API_KEY", "")
+        run_dir = _run_dir_of(info)
+        api_key = ""
+        if run_dir is not None:
+            with (
+                contextlib.suppress(OSError),
+                open(os.path.join(run_dir, KEY_FILE), encoding="utf-8") as f,
+            ):
+                api_key = f.read().strip()
         if not api_key:
             raise SandboxError(
                 f"container {self.container_name} exists but is not an openhands-rt sandbox "
@@ -234,6 +263,7 @@ class DockerRuntime(EventStreamRuntime):
         api_key = self._api_key_of(info)
         self.container = container
         self.attached = True
+        self._run_dir = _run_dir_of(info)
         endpoint = self._endpoint_from(info, api_key)
         self.report_status(RuntimeStatus.STARTING, f"attached to running {self.container_name}")
         self._watch(container)
@@ -265,6 +295,7 @@ class DockerRuntime(EventStreamRuntime):
             )
         api_key = self._api_key_of(info)
         self.container = container
+        self._run_dir = _run_dir_of(info)
         self.report_status(RuntimeStatus.STARTING, f"starting {self.container_name} again")
         # The log still holds the previous run's "listening on" line: read only newer ones.
         since = time.time()
@@ -392,15 +423,16 @@ class DockerRuntime(EventStreamRuntime):
                 await probe.delete(force=True)
 
     def _container_config(
-        self, image: str, api_key: str, writable: _WritablePlaces | None = None
+        self, image: str, run_dir: str, writable: _WritablePlaces | None = None
     ) -> dict[str, Any]:
         cfg = self.config
         workspace, owner_uid = self._workspace_owner()
-        cmd = [SERVER_PYTHON, "-m", "container_server", "--working-dir", "/workspace"]
+        cmd = [*SERVER_COMMAND, "--working-dir", "/workspace"]
+        cmd += ["--api-key-file", f"{HOST_DIR_IN_CONTAINER}/{KEY_FILE}"]
         cmd += ["--no-change-timeout", str(cfg.no_change_timeout)]
         cmd += ["--default-timeout", str(cfg.timeout)]
         if cfg.network == "none":
-            cmd += ["--unix-socket", f"{SOCKET_DIR_IN_CONTAINER}/server.sock"]
+            cmd += ["--unix-socket", f"{HOST_DIR_IN_CONTAINER}/{SOCKET_FILE}"]
         else:
             cmd += ["--host", "0.0.0.0", "--port", str(SERVER_PORT)]
         if cfg.plugins:
@@ -413,13 +445,14 @@ class DockerRuntime(EventStreamRuntime):
         binds = []
         if workspace is not None:
             binds.append(f"{workspace}:/workspace:rw")
-        if self._socket_dir is not None:
-            binds.append(f"{self._socket_dir}:{SOCKET_DIR_IN_CONTAINER}:rw")
+        binds.append(f"{run_dir}:{HOST_DIR_IN_CONTAINER}:rw")
         host_config: dict[str, Any] = {
             "Init": True,
             "NetworkMode": cfg.network,
             "Binds": binds,
             "SecurityOpt": ["no-new-privileges"],
+            # Root-only: the sandbox user cannot reach the run directory mounted inside.
+            "Tmpfs": {RUN_DIR_IN_CONTAINER: "rw,noexec,nosuid,nodev,mode=0700,size=64k"},
         }
         if not cfg.run_as_root:
             host_config["CapDrop"] = ["ALL"]
@@ -451,7 +484,7 @@ class DockerRuntime(EventStreamRuntime):
             host_config["Runtime"] = cfg.oci_runtime
         if writable is not None:
             host_config["ReadonlyRootfs"] = True
-            host_config["Tmpfs"] = dict(writable.tmpfs)
+            host_config["Tmpfs"].update(writable.tmpfs)
             binds.extend(writable.binds)
         labels = {
             **cfg.labels,
@@ -459,12 +492,11 @@ class DockerRuntime(EventStreamRuntime):
             LABEL_KEEP_ALIVE: "true" if cfg.keep_runtime_alive else "false",
             **owner_labels(),
         }
-        env = {**cfg.env, "SESSION_API_KEY": api_key}
         config: dict[str, Any] = {
             "Image": image,
             "Entrypoint": cmd[:1],
             "Cmd": cmd[1:],
-            "Env": [f"{k}={v}" for k, v in env.items()],
+            "Env": [f"{k}={v}" for k, v in cfg.env.items()],
             "Labels": labels,
             "User": "0:0",
             "WorkingDir": "/workspace",
@@ -476,16 +508,20 @@ class DockerRuntime(EventStreamRuntime):
         return config
 
     def _endpoint_from(self, info: Mapping[str, Any], api_key: str) -> SandboxEndpoint:
+        self.endpoint = self._find_endpoint(info, api_key)
+        return self.endpoint
+
+    def _find_endpoint(self, info: Mapping[str, Any], api_key: str) -> SandboxEndpoint:
         if self.config.network == "none" or info["HostConfig"].get("NetworkMode") == "none":
-            binds = info["HostConfig"].get("Binds") or []
-            host_dir = next(
-                (b.split(":")[0] for b in binds if b.split(":")[1] == SOCKET_DIR_IN_CONTAINER),
-                None,
-            )
-            if host_dir is None:
+            run_dir = _run_dir_of(info)
+            if run_dir is None:
                 raise SandboxError(f"{self.container_name} has no network and no socket mount")
             return SandboxEndpoint(
-                url="ws://sandbox/ws", api_key=api_key, unix_socket=f"{host_dir}/server.sock"
+                url="ws://sandbox/ws",
+                api_key=api_key,
+                unix_socket=os.path.join(run_dir, SOCKET_FILE),
+                # The server binds its socket as root, before it drops to the sandbox user.
+                peer_uid=0,
             )
         ports = (info["NetworkSettings"].get("Ports") or {}).get(f"{SERVER_PORT}/tcp") or []
         for binding in ports:
@@ -498,12 +534,9 @@ class DockerRuntime(EventStreamRuntime):
     async def _create_and_start(self, image: str) -> SandboxEndpoint:
         docker = self._client()
         api_key = secrets.token_urlsafe(32)
-        if self.config.network == "none":
-            self._socket_dir = tempfile.mkdtemp(prefix=f"openhands-rt-{self.session_id}-")
-            # The sandbox user (any uid) must be able to create its socket here.
-            os.chmod(self._socket_dir, 0o777)
+        self._run_dir = await asyncio.to_thread(_make_run_dir, self.session_id, api_key)
         writable = await self._writable_places(image) if self.config.read_only_root else None
-        config = self._container_config(image, api_key, writable)
+        config = self._container_config(image, self._run_dir, writable)
         self.report_status(RuntimeStatus.STARTING, f"creating {self.container_name} from {image}")
         container = await docker.containers.create(config, name=self.container_name)
         self.container = container
@@ -663,19 +696,37 @@ class DockerRuntime(EventStreamRuntime):
                 await self._remove_container()
         finally:
             if not self.config.keep_runtime_alive:
-                for directory in (self._socket_dir, self._etc_dir):
+                for directory in (self._run_dir, self._etc_dir):
                     if directory is not None:
                         shutil.rmtree(directory, ignore_errors=True)
-                self._socket_dir = self._etc_dir = None
+                self._run_dir = self._etc_dir = None
             if self._owns_docker and self._docker is not None:
                 # Made again on the next connect(); never left open past a stop.
                 await self._docker.close()
                 self._docker = None
 
 
+def _make_run_dir(session_id: str, api_key: str) -> str:
+    """A new host directory, private to this user (0700), holding the key file (0600)."""
+    directory = tempfile.mkdtemp(prefix=f"{HOST_DIR_PREFIX}{session_id}-")
+    fd = os.open(os.path.join(directory, KEY_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(api_key)
+    return directory
+
+
+def _run_dir_of(info: Mapping[str, Any]) -> str | None:
+    """The host run directory a container has mounted (None: not one of ours, or older)."""
+    for bind in info["HostConfig"].get("Binds") or []:
+        parts = bind.split(":")
+        if len(parts) >= 2 and parts[1] == HOST_DIR_IN_CONTAINER:
+            return str(parts[0])
+    return None
+
+
 def _write_etc_dir(session_id: str, files: Mapping[str, str]) -> str:
     """A new host directory holding ``files`` (name → text), readable by everyone."""
-    directory = tempfile.mkdtemp(prefix=f"openhands-rt-{session_id}-etc-")
+    directory = tempfile.mkdtemp(prefix=f"{HOST_DIR_PREFIX}{session_id}-etc-")
     os.chmod(directory, 0o755)
     for name, text in files.items():
         path = os.path.join(directory, name)

@@ -50,6 +50,8 @@ class SandboxEndpoint:
     url: str  # ws://host:port/ws (with unix_socket: the URL used in the handshake)
     api_key: str
     unix_socket: str | None = None
+    # The uid the process listening on unix_socket must have (SO_PEERCRED); None: unchecked.
+    peer_uid: int | None = None
 
 
 class EventStreamRuntime:
@@ -122,6 +124,7 @@ class EventStreamRuntime:
                 client_id=self.client_id,
                 on_event=self._on_channel_event,
                 unix_socket=endpoint.unix_socket,
+                peer_uid=endpoint.peer_uid,
             )
             await channel.open()
         except BaseException as exc:

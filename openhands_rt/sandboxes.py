@@ -9,9 +9,12 @@ is a container of ours, not kept alive, whose owner on this host is gone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import shutil
 import socket
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +22,7 @@ import aiodocker
 from aiodocker.exceptions import DockerError
 
 __all__ = [
+    "HOST_DIR_PREFIX",
     "LABEL_KEEP_ALIVE",
     "LABEL_OWNER",
     "LABEL_SESSION",
@@ -36,6 +40,8 @@ LABEL_SESSION = "org.openhands-rt.session"
 LABEL_VERSION = "org.openhands-rt.version"
 LABEL_KEEP_ALIVE = "org.openhands-rt.keep-alive"
 LABEL_OWNER = "org.openhands-rt.owner"  # host/boot_id/pid/starttime
+#: Host directories a runtime makes for its sandbox (in the temp directory) start so.
+HOST_DIR_PREFIX = "openhands-rt-"
 
 
 def _version() -> str:
@@ -98,6 +104,8 @@ class SandboxInfo:
     owner: str
     owner_alive: bool | None
     version: str
+    # Host directories the runtime made for it (run directory, rewritten /etc files).
+    host_dirs: tuple[str, ...] = ()
 
     @property
     def orphan(self) -> bool:
@@ -118,6 +126,13 @@ def _info(raw: dict[str, Any]) -> SandboxInfo:
         owner=owner,
         owner_alive=owner_alive(owner),
         version=labels.get(LABEL_VERSION, ""),
+        host_dirs=tuple(
+            str(m["Source"])
+            for m in raw.get("Mounts") or []
+            if m.get("Type") == "bind"
+            and os.path.basename(str(m.get("Source", ""))).startswith(HOST_DIR_PREFIX)
+            and os.path.dirname(str(m["Source"])) == tempfile.gettempdir()
+        ),
     )
 
 
@@ -141,4 +156,6 @@ async def reap_orphans(docker: aiodocker.Docker, *, include_kept: bool = False) 
             continue
         logger.info("removed orphaned sandbox %s", sandbox.name)
         removed.append(sandbox.name)
+        for directory in sandbox.host_dirs:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
     return removed

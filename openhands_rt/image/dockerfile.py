@@ -171,7 +171,8 @@ def _source(source_id: str, *, compile_in_image: bool) -> list[str]:
 
 
 def _runtime() -> list[str]:
-    entrypoint = [VENV_PYTHON, "-m", "container_server"]
+    # -I: an isolated interpreter; the working directory (/workspace) is never on its path.
+    entrypoint = [VENV_PYTHON, "-I", "-m", "container_server"]
     command = ["--host", "0.0.0.0", "--port", str(SERVER_PORT), "--working-dir", WORKSPACE_DIR]
     return [
         f"WORKDIR {WORKSPACE_DIR}",

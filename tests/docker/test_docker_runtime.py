@@ -11,6 +11,7 @@ import contextlib
 import os
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from openhands_rt import DockerRuntime, SandboxError, SandboxStartError
 from openhands_rt.docker_client import open_docker
 from openhands_rt.docker_runtime import CONTAINER_PREFIX
 from openhands_rt.sandboxes import (
+    HOST_DIR_PREFIX,
     LABEL_KEEP_ALIVE,
     LABEL_OWNER,
     LABEL_SESSION,
@@ -198,11 +200,14 @@ async def test_ps_and_gc_reap_orphans(base_image: str, test_labels: dict[str, st
     await dead.wait()
     orphan_owner = f"{socket.gethostname()}/none/{dead.pid}/0"
     name = f"{CONTAINER_PREFIX}{session_id()}"
+    # A run directory like the one a DockerRuntime makes: gc removes it with the container.
+    run_dir = tempfile.mkdtemp(prefix=f"{HOST_DIR_PREFIX}{name}-")
     async with open_docker() as docker:
         container = await docker.containers.create(
             {
                 "Image": base_image,
                 "Cmd": ["sleep", "300"],
+                "HostConfig": {"Binds": [f"{run_dir}:/run/ours"]},
                 "Labels": {
                     **test_labels,
                     LABEL_SESSION: name.removeprefix(CONTAINER_PREFIX),
@@ -215,9 +220,11 @@ async def test_ps_and_gc_reap_orphans(base_image: str, test_labels: dict[str, st
         await container.start()
         listed = {s.name: s for s in await list_sandboxes(docker)}
         assert listed[name].orphan
+        assert listed[name].host_dirs == (run_dir,)
         removed = await reap_orphans(docker)
         assert name in removed
         assert name not in {s.name for s in await list_sandboxes(docker)}
+        assert not os.path.exists(run_dir)
 
 
 # ---------------------------------------------------------------- isolation (runc and runsc)

@@ -72,7 +72,7 @@ def test_scratch_has_every_section() -> None:
     assert f"RUN {VENV_DIR}/bin/python -m compileall -q {CODE_ROOT}/{SOURCE_ID}" in steps
     assert f"echo {CODE_DIR} > " in text  # the .pth file naming the current source
     assert f"EXPOSE {SERVER_PORT}" in steps
-    assert f'ENTRYPOINT ["{VENV_DIR}/bin/python", "-m", "container_server"]' in steps
+    assert f'ENTRYPOINT ["{VENV_DIR}/bin/python", "-I", "-m", "container_server"]' in steps
     cmd = json.loads(next(s for s in steps if s.startswith("CMD "))[4:])
     assert cmd == ["--host", "0.0.0.0", "--port", str(SERVER_PORT), "--working-dir", "/workspace"]
     assert keywords(text)[-1] == "LABEL"
