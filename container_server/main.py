@@ -178,8 +178,19 @@ def _read_api_key(args: argparse.Namespace) -> str:
     return api_key
 
 
+def _detach_stdin() -> None:
+    # The server never reads its standard input. What the engine gave it (under gVisor
+    # a host file) is replaced by /dev/null: gVisor lets any process reopen another's
+    # descriptors through /proc/<pid>/fd, and this one must not lead anywhere.
+    fd = os.open(os.devnull, os.O_RDONLY)
+    if fd != 0:
+        os.dup2(fd, 0)
+        os.close(fd)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    _detach_stdin()
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
