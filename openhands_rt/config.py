@@ -20,6 +20,12 @@ class SandboxConfig:
 
     ``timeout`` is the default hard timeout of an action and
     ``no_change_timeout`` the soft (no new output) timeout, both in seconds.
+
+    ``run_as_root=True`` gives up the containment of docs/containment.md: the
+    agent is root in the container with Docker's default capabilities, so it
+    can kill or replace the server, read the session key and leave root-owned
+    setuid files in a mounted workspace; only what Docker itself gives
+    (namespaces, its seccomp profile, no-new-privileges, limits) still holds.
     """
 
     base_container_image: str = "python:3.12-slim"

@@ -59,6 +59,7 @@ from events import (
 )
 from openhands_rt import DockerRuntime
 from openhands_rt.docker_client import open_docker
+from openhands_rt.docker_runtime import SERVER_PORT
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 
@@ -483,6 +484,88 @@ async def test_planted_modules_are_never_imported(
     )
 
 
+# argv: a JSON list of the server's sys.path entries. Reports every path on it
+# (entries, their ancestors, everything below them) the agent could write to.
+WRITABLE_PATH_SCRIPT = r"""
+import json, os, sys
+
+entries = json.loads(sys.argv[1])
+writable, checked = [], 0
+seen = set()
+
+def check(path):
+    global checked
+    if path in seen:
+        return
+    seen.add(path)
+    checked += 1
+    if os.access(path, os.W_OK):
+        writable.append(path)
+
+for entry in entries:
+    parent = entry
+    while True:  # the entry and every ancestor: a writable one could swap it
+        check(parent)
+        if parent == "/":
+            break
+        parent = os.path.dirname(parent)
+    if os.path.isdir(entry):
+        for dirpath, dirnames, filenames in os.walk(entry, followlinks=True):
+            for name in dirnames + filenames:
+                check(os.path.join(dirpath, name))
+
+os.makedirs("/workspace/.attack", exist_ok=True)
+with open("/workspace/.attack/path.json", "w") as f:
+    json.dump({"writable": writable, "checked": checked}, f)
+"""
+
+
+async def _exec_output(container_name: str, cmd: list[str]) -> str:
+    """``docker exec`` as root; its standard output."""
+    async with open_docker() as docker:
+        container = await docker.containers.get(container_name)
+        execution = await container.exec(cmd, user="root")
+        chunks: list[bytes] = []
+        async with execution.start(detach=False) as output:
+            while (message := await output.read_out()) is not None:
+                if message.stream == 1:
+                    chunks.append(message.data)
+    return b"".join(chunks).decode()
+
+
+async def test_nothing_on_the_servers_path_is_writable_by_the_agent(
+    stream: EventStream, make_config: ConfigFactory, oci_runtime: str, workspace: Path
+) -> None:
+    """The server's import path: no working directory, and nothing the agent can write.
+
+    The path is what the server's own command line gives (``python -I``, read
+    with ``docker exec`` as root): no ``""`` and no /workspace, and no entry,
+    ancestor of one, or file or directory below one (``.pth`` files,
+    ``sitecustomize``, packages, ``__pycache__``) is writable by the sandbox user.
+    """
+    config = make_config(oci_runtime=oci_runtime, workspace_dir=str(workspace))
+    async with DockerRuntime(stream, config, session_id=session_id()) as rt:
+        async with open_docker() as docker:
+            shown = await (await docker.containers.get(rt.container_name)).show()
+        command = [*shown["Config"]["Entrypoint"], *shown["Config"]["Cmd"]]
+        interpreter, flags = command[0], command[1 : command.index("-m")]
+        assert "-I" in flags, command
+        listing = await _exec_output(
+            rt.container_name,
+            [interpreter, *flags, "-c", "import json, sys; print(json.dumps(sys.path))"],
+        )
+        path = json.loads(listing.strip().splitlines()[-1])
+        assert "" not in path, path
+        assert not any(p.rstrip("/") in ("/workspace", ".") for p in path), path
+        probe = await _run_script(rt, WRITABLE_PATH_SCRIPT, f"'{json.dumps(path)}'")
+        assert probe.exit_code == 0, probe.content
+        report = _report(workspace, "path")
+    assert report["checked"] > 500, report  # the stdlib and the venv were walked
+    assert not report["writable"], (
+        f"{oci_runtime}: the agent can write on the server's import path: {report['writable']}"
+    )
+
+
 # ---------------------------------------------------------------- 4. the session key
 
 # argv: none. Collects every string the agent can find that might be the key:
@@ -890,6 +973,57 @@ async def test_agent_cannot_hijack_the_unix_socket(
     assert not worked, f"{oci_runtime}: the agent's {worked} on the channel worked: {report}"
     assert isinstance(after, CmdOutputObservation), after
     assert after.content.strip() == "after", after.content
+
+
+# argv: the server's port inside the container. Tries to listen on it the ways
+# an impersonator would, on every address of the container.
+BIND_PORT_SCRIPT = r"""
+import errno, json, os, socket, sys
+
+port = int(sys.argv[1])
+addresses = {"0.0.0.0", "127.0.0.1"}
+# This container's own address: Docker writes it into /etc/hosts for the hostname.
+# (Not /proc/net/fib_trie: opening it hangs under this gVisor release.)
+for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+    addresses.add(info[4][0])
+results = {}
+for address in sorted(addresses):
+    for reuse in ("none", "SO_REUSEADDR", "SO_REUSEPORT"):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if reuse != "none":
+            s.setsockopt(socket.SOL_SOCKET, getattr(socket, reuse), 1)
+        try:
+            s.bind((address, port))
+            s.listen(1)
+            results[f"{address} {reuse}"] = "ok"
+        except OSError as exc:
+            results[f"{address} {reuse}"] = errno.errorcode.get(exc.errno, str(exc.errno))
+        finally:
+            s.close()
+os.makedirs("/workspace/.attack", exist_ok=True)
+with open("/workspace/.attack/bind.json", "w") as f:
+    json.dump(results, f)
+"""
+
+
+async def test_agent_cannot_take_the_servers_tcp_port(
+    stream: EventStream, make_config: ConfigFactory, oci_runtime: str, workspace: Path
+) -> None:
+    """Default network: the agent cannot listen on the server's port, on any address.
+
+    The server holds it (it cannot be stopped, see above), and ``SO_REUSEPORT``
+    would need the listener's effective uid at bind time (root's). So Docker's
+    published port always leads to the real server.
+    """
+    config = make_config(oci_runtime=oci_runtime, workspace_dir=str(workspace))
+    async with DockerRuntime(stream, config, session_id=session_id()) as rt:
+        probe = await _run_script(rt, BIND_PORT_SCRIPT, str(SERVER_PORT))
+        assert probe.exit_code == 0, probe.content
+        report = _report(workspace, "bind")
+        assert (await sh(rt, "echo genuine")).content.strip() == "genuine"
+    assert len(report) >= 9, report  # 0.0.0.0, 127.0.0.1 and the container's address
+    bound = {where: result for where, result in report.items() if result != "EADDRINUSE"}
+    assert not bound, f"{oci_runtime}: the agent could listen on the server's port: {bound}"
 
 
 # ---------------------------------------------------------------- 6. other local users
