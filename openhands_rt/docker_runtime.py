@@ -19,8 +19,8 @@ the agent writes is ever imported by it. Readiness is the server's own
 under a deadline.
 
 The session key is in no environment: each sandbox has a **run directory** on
-the host (made private to the host user, in the temp directory) holding the key file and, with ``network="none"``, the server's
-socket. It is bind-mounted below a root-only tmpfs (:data:`RUN_DIR_IN_CONTAINER`,
+the host (private to the host user, in the temp directory) holding the key
+file and, with ``network="none"``, the server's socket. It is bind-mounted below a root-only tmpfs (:data:`RUN_DIR_IN_CONTAINER`,
 mode 0700), so that no sandbox process but the server (root, until it drops
 its privileges after reading the key and binding its socket) can reach it,
 even though the sandbox user usually has the host user's uid. On the host the
