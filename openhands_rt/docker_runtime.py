@@ -20,12 +20,12 @@ under a deadline.
 
 The session key is in no environment: each sandbox has a **run directory** on
 the host (private to the host user, in the temp directory) holding the key
-file and, with ``network="none"``, the server's socket. It is bind-mounted below a root-only tmpfs (:data:`RUN_DIR_IN_CONTAINER`,
-mode 0700), so that no sandbox process but the server (root, until it drops
-its privileges after reading the key and binding its socket) can reach it,
-even though the sandbox user usually has the host user's uid. On the host the
-channel checks the socket before it sends the key (see
-:class:`openhands_rt.channel.ChannelClient`).
+file and, with ``network="none"``, the server's socket. It is bind-mounted
+below a root-only tmpfs (:data:`RUN_DIR_IN_CONTAINER`, mode 0700), so that no
+sandbox process but the server (root, until it drops its privileges after
+reading the key and binding its socket) can reach it, even though the sandbox
+user usually has the host user's uid. On the host the channel checks the
+socket before it sends the key (:func:`openhands_rt.channel.connect_checked`).
 
 A container that exits while the runtime uses it (``docker kill``, the server
 killed or OOM-killed: the server is the init's only child, so its death ends
