@@ -32,6 +32,7 @@ from events import (
     RuntimeStatusObservation,
     decode_event,
 )
+from openhands_rt import LocalRuntime
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -155,9 +156,11 @@ async def test_page_opens_the_event_socket(
         assert response.status == 200
         assert response.content_type == "text/html"
         page = await response.text()
-    assert "new WebSocket(" in page
-    assert "/events?from=0" in page
-    assert 'fetch("/run"' in page
+    # The page reaches its own sandbox's routes, relative to where it is served.
+    assert "new WebSocket(url)" in page
+    assert 'new URL("events", location.href)' in page
+    assert 'fetch("run"' in page
+    assert 'data-sandbox="main"' in page
 
 
 async def test_command_streams_action_chunks_and_observation(
@@ -215,10 +218,11 @@ async def test_form_post_and_replay_from_an_id(
 async def test_bad_run_requests_are_refused(
     server: TestServer, session: aiohttp.ClientSession, path: str, kwargs: dict[str, object]
 ) -> None:
-    before = len(server.app[web_stream.STREAM])
+    stream = (await server.app[web_stream.SANDBOXES].get("main")).stream
+    before = len(stream)
     async with session.post(server.make_url(path), **kwargs) as response:
         assert response.status == 400
-    assert len(server.app[web_stream.STREAM]) == before
+    assert len(stream) == before
 
 
 @pytest.mark.parametrize("query", ["from=-1", "from=abc"])
@@ -236,11 +240,18 @@ async def test_stopping_the_app_closes_open_sockets_and_the_sandbox(
     server = TestServer(app)
     await server.start_server()
     try:
-        process = app[web_stream.RUNTIME].process
-        assert process is not None
         ws = await session.ws_connect(server.make_url("/events"))
-        first = await ws.receive()
-        assert first.type == aiohttp.WSMsgType.TEXT
+        with anyio.fail_after(30):
+            while True:
+                message = await ws.receive()
+                assert message.type == aiohttp.WSMsgType.TEXT, message
+                event = decode_event(message.data.encode())
+                if isinstance(event, RuntimeStatusObservation) and event.status == "ready":
+                    break
+        runtime = (await app[web_stream.SANDBOXES].get("main")).runtime
+        assert isinstance(runtime, LocalRuntime)
+        process = runtime.process
+        assert process is not None
     finally:
         with anyio.fail_after(10):
             await server.close()
@@ -289,3 +300,86 @@ async def test_web_stream_script_serves_and_stops_on_sigint(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def run_and_wait(
+    session: aiohttp.ClientSession, server: TestServer, prefix: str, command: str
+) -> CmdOutputObservation:
+    """POST ``command`` to the sandbox under ``prefix`` and wait for its observation."""
+    async with session.post(server.make_url(f"{prefix}run"), json={"command": command}) as response:
+        assert response.status == 202, await response.text()
+        action_id = (await response.json())["id"]
+    async with session.ws_connect(server.make_url(f"{prefix}events?from={action_id}")) as ws:
+        events = await events_until(ws, CmdOutputObservation, action_id)
+    observation = events[-1]
+    assert isinstance(observation, CmdOutputObservation)
+    return observation
+
+
+async def test_named_sandboxes_are_separate(session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    app = web_stream.create_app(local=True, log_dir=tmp_path / "logs")
+    server = TestServer(app)
+    async with server:
+        async with session.get(server.make_url("/s/alpha/")) as response:
+            assert response.status == 200
+            assert 'data-sandbox="alpha"' in await response.text()
+        written = await run_and_wait(session, server, "/s/alpha/", "echo alpha > marker; pwd")
+        missing = await run_and_wait(session, server, "/s/beta/", "pwd; cat marker")
+        assert written.exit_code == 0
+        assert missing.exit_code == 1
+        assert "No such file" in missing.content
+        # Each LocalRuntime has its own working directory: two sandboxes, not one.
+        assert written.content != missing.content.splitlines()[0]
+        assert app[web_stream.SANDBOXES].names() == ["alpha", "beta"]
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["alpha.log", "beta.log"]
+
+
+async def test_history_comes_back_from_the_log_after_a_restart(
+    session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    logs = tmp_path / "logs"
+    server = TestServer(web_stream.create_app(local=True, log_dir=logs))
+    async with server:
+        first = await run_and_wait(session, server, "/s/kept/", "echo remembered")
+    assert first.content == "remembered"
+    server = TestServer(web_stream.create_app(local=True, log_dir=logs))
+    async with server:
+        async with session.ws_connect(server.make_url("/s/kept/events?from=0")) as ws:
+            replayed = await events_until(ws, CmdOutputObservation, first.cause or -1)
+            assert replayed[-1] == first  # the same event, id and timestamp included
+            statuses: list[str] = []
+            with anyio.fail_after(30):
+                while "ready" not in statuses[len(statuses) - 1 :]:
+                    event = decode_event((await ws.receive()).data.encode())
+                    if isinstance(event, RuntimeStatusObservation):
+                        statuses.append(event.status)
+        # The first app's sandbox closed, then the second one started on the same log.
+        assert statuses[-3:] == ["closed", "starting", "ready"]
+        again = await run_and_wait(session, server, "/s/kept/", "echo again")
+        assert again.id > first.id
+
+
+async def test_new_redirects_to_a_fresh_sandbox_and_names_are_checked(
+    server: TestServer, session: aiohttp.ClientSession
+) -> None:
+    async with session.get(server.make_url("/new"), allow_redirects=False) as response:
+        assert response.status == 302
+        assert re.fullmatch(r"/s/[0-9a-f]{8}/", response.headers["Location"])
+    async with session.get(server.make_url("/s/alpha"), allow_redirects=False) as response:
+        assert response.status == 302
+        assert response.headers["Location"] == "/s/alpha/"
+    for bad in ("/s/-x/", "/s/a.b/", "/s/" + "x" * 41 + "/"):
+        async with session.post(server.make_url(bad + "run"), json={"command": "ls"}) as response:
+            assert response.status == 404, bad
+    assert server.app[web_stream.SANDBOXES].names() == []
+
+
+async def test_sandboxes_beyond_the_limit_are_refused(session: aiohttp.ClientSession) -> None:
+    server = TestServer(web_stream.create_app(local=True, max_sandboxes=1))
+    async with server:
+        async with session.post(server.make_url("/s/one/run"), json={"command": "true"}) as r:
+            assert r.status == 202
+        async with session.post(server.make_url("/s/two/run"), json={"command": "true"}) as r:
+            assert r.status == 503
+            assert "at most 1 sandboxes" in await r.text()
+        assert server.app[web_stream.SANDBOXES].names() == ["one"]
