@@ -134,7 +134,7 @@ async def test_two_tabs_on_two_sandboxes_at_once(
 ) -> None:
     alpha = await open_sandbox(browser, server, "alpha")
     beta = await open_sandbox(browser, server, "beta")
-    alpha_command = "echo hi > marker; for i in 1 2 3 4; do echo alpha $i; sleep 0.4; done"
+    alpha_command = "echo hi > marker; for i in 1 2 3 4 5 6; do echo alpha $i; sleep 0.4; done"
     beta_command = "for i in 1 2 3 4; do echo beta $i; sleep 0.4; done; cat marker"
     alpha_block = await type_command(alpha, alpha_command)
     beta_block = await type_command(beta, beta_command)
@@ -142,7 +142,7 @@ async def test_two_tabs_on_two_sandboxes_at_once(
     await expect(alpha_block.locator(".exit")).to_have_text("exit 0", timeout=WAIT_MS)
     await expect(beta_block.locator(".exit")).to_have_text("exit 1", timeout=WAIT_MS)
     await expect(alpha_block.locator(".output")).to_have_text(
-        "".join(f"alpha {i}\n" for i in range(1, 5))
+        "".join(f"alpha {i}\n" for i in range(1, 7))
     )
     # beta has its own workspace: alpha's marker file is not there.
     await expect(beta_block.locator(".output")).to_have_text(
