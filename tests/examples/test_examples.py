@@ -264,14 +264,17 @@ async def test_stopping_the_app_closes_open_sockets_and_the_sandbox(
 
 
 async def test_web_stream_script_serves_and_stops_on_sigint(
-    session: aiohttp.ClientSession,
+    session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
+    logs = tmp_path / "logs"
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         str(EXAMPLES / "web_stream.py"),
         "--local",
         "--port",
         "0",
+        "--log-dir",
+        str(logs),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -296,6 +299,8 @@ async def test_web_stream_script_serves_and_stops_on_sigint(
             out, err = await process.communicate()
         assert process.returncode == 0, err
         assert b"stopping" in out
+        assert f"event logs in {logs}".encode() in out
+        assert [p.name for p in logs.iterdir()] == ["main.log"]
     finally:
         if process.returncode is None:
             process.kill()
