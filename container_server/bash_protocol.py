@@ -105,7 +105,8 @@ def soft_timeout_suffix(seconds: float) -> str:
 
 
 def hard_timeout_suffix(seconds: float) -> str:
-    return f"\n[The command timed out after {format_seconds(seconds)} seconds. {TIMEOUT_ADVICE}]"
+    # OpenHands' hard timeouts are floats and it prints them as such: "1.0", "120.0".
+    return f"\n[The command timed out after {float(seconds)} seconds. {TIMEOUT_ADVICE}]"
 
 
 def not_executed_suffix(command: str) -> str:

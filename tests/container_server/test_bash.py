@@ -230,6 +230,14 @@ async def test_hard_timeout_then_continue(bash: BashSession) -> None:
     assert len(seen) >= 3
 
 
+async def test_hard_timeout_text_is_openhands_float(bash: BashSession) -> None:
+    """OpenHands prints a whole-second hard timeout as a float: "after 1.0 seconds"."""
+    obs = await run(bash, "sleep 3", timeout=1, blocking=True)
+    assert obs.exit_code == -1
+    assert obs.metadata.suffix.startswith("\n[The command timed out after 1.0 seconds. ")
+    await run(bash, "C-c", is_input=True)
+
+
 async def test_soft_timeout_keeps_the_process_running(bash: BashSession) -> None:
     obs = await run(bash, "echo start; sleep 1.2; echo end")
     assert obs.content == "start"

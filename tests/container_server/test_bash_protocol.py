@@ -329,6 +329,9 @@ def test_texts_are_openhands_texts() -> None:
         soft_timeout_suffix(10.0) == f"\n[The command has no new output after 10 seconds. {ADVICE}]"
     )
     assert hard_timeout_suffix(1.5) == f"\n[The command timed out after 1.5 seconds. {ADVICE}]"
+    # OpenHands prints its (float) hard timeout as a float, whole numbers included.
+    assert hard_timeout_suffix(1) == f"\n[The command timed out after 1.0 seconds. {ADVICE}]"
+    assert hard_timeout_suffix(120.0) == f"\n[The command timed out after 120.0 seconds. {ADVICE}]"
     assert not_executed_suffix("ls") == (
         '\n[Your command "ls" is NOT executed. The previous command is still running - You '
         "CANNOT send new commands until the previous command is completed. By setting "
