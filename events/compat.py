@@ -740,6 +740,9 @@ def _render(event: Event) -> dict[str, Any]:
                 "prev_exist": event.prev_exist,
                 "old_content": event.old_content,
                 "new_content": event.new_content,
+                # Our editor is OpenHands' ACI editor; without this OpenHands takes the
+                # observation for an LLM-based edit (and renders it as one).
+                "impl_source": "oh_aci",
                 "diff": event.diff or _OMIT,
             },
         }

@@ -553,6 +553,26 @@ def test_our_events_render_in_openhands_shape() -> None:
     }
 
 
+def test_editor_observations_say_they_come_from_the_aci_editor() -> None:
+    """OpenHands reads an edit observation without ``impl_source`` as an LLM-based edit."""
+    created = FileEditObservation("File created successfully at: /w/a.py", "/w/a.py", cause=4)
+    rendered = to_openhands_dict(created)
+    assert rendered["extras"]["impl_source"] == "oh_aci"
+    assert list(rendered["extras"]) == [
+        "path",
+        "prev_exist",
+        "old_content",
+        "new_content",
+        "impl_source",
+    ]
+    # Read back: the field is ours, not a foreign extra; another source is kept as it was.
+    loaded = from_openhands_dict(rendered)
+    assert loaded.extra is None or "impl_source" not in (loaded.extra.get("extras") or {})
+    assert to_openhands_dict(loaded) == rendered
+    llm = {**rendered, "extras": {**rendered["extras"], "impl_source": "llm_based_edit"}}
+    assert to_openhands_dict(from_openhands_dict(llm)) == llm
+
+
 @pytest.mark.parametrize(
     "event",
     [CmdOutputChunk(1, 0, "x"), RuntimeStatusObservation(RuntimeStatus.READY)],
