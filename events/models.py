@@ -181,12 +181,10 @@ class FileEditAction(Action, frozen=True, tag="file_edit"):
                 f"FileEditAction.command must be one of {sorted(EDITOR_COMMANDS)}, "
                 f"got {self.command!r}"
             )
-        if self.command == "create" and self.file_text is None:
-            raise ValueError("FileEditAction(command='create') needs file_text")
-        if self.command == "str_replace" and self.old_str is None:
-            raise ValueError("FileEditAction(command='str_replace') needs old_str")
-        if self.command == "insert" and (self.insert_line is None or self.new_str is None):
-            raise ValueError("FileEditAction(command='insert') needs insert_line and new_str")
+        # A missing parameter (file_text for create, old_str for str_replace, new_str or
+        # insert_line for insert) is not refused here: as in OpenHands, the editor answers
+        # it ("Parameter `file_text` is required for command: create."), which is what an
+        # agent trained on OpenHands reads.
         if self.view_range is not None and len(self.view_range) != 2:
             raise ValueError(f"view_range must be [start, end], got {self.view_range!r}")
 

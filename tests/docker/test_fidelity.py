@@ -1,0 +1,89 @@
+"""OpenHands fidelity: behaviours an agent trained on OpenHands can tell apart.
+
+Each test runs through ``LocalRuntime`` and through ``DockerRuntime`` (runc):
+the same server answers both, and the texts are what OpenHands' runtime
+prints (see docs/compat.md for what matches and what differs on purpose).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from support import ConfigFactory, session_id
+
+from events import (
+    CmdOutputObservation,
+    CmdRunAction,
+    ErrorObservation,
+    EventStream,
+    FileEditAction,
+    FileEditObservation,
+)
+from openhands_rt import DockerRuntime, EventStreamRuntime, LocalRuntime, SandboxConfig
+
+pytestmark = pytest.mark.timeout(300)
+
+RUNTIMES = [
+    pytest.param("local", id="local"),
+    pytest.param("docker", id="docker", marks=pytest.mark.docker),
+]
+
+
+RuntimeFactory = Callable[[EventStream], EventStreamRuntime]
+
+
+@pytest.fixture(params=RUNTIMES)
+def make_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> RuntimeFactory:
+    """A runtime of each kind on a stream (resolved here, outside the event loop)."""
+    if request.param == "local":
+        config = SandboxConfig(workspace_dir=str(tmp_path), no_change_timeout=5.0)
+        return lambda stream: LocalRuntime(stream, config, session_id=session_id())
+    make_config: ConfigFactory = request.getfixturevalue("make_config")
+    docker_config = make_config()
+    return lambda stream: DockerRuntime(stream, docker_config, session_id=session_id())
+
+
+@pytest.fixture
+async def rt(
+    make_runtime: RuntimeFactory, stream: EventStream
+) -> AsyncIterator[EventStreamRuntime]:
+    async with make_runtime(stream) as runtime:
+        yield runtime
+
+
+async def cd_workspace(rt: EventStreamRuntime) -> str:
+    obs = await rt.run(CmdRunAction("pwd"))
+    assert isinstance(obs, CmdOutputObservation)
+    return obs.content.strip()
+
+
+@pytest.mark.parametrize(
+    ("command", "fields", "parameter"),
+    [
+        ("create", {}, "file_text"),
+        ("str_replace", {"new_str": "b"}, "old_str"),
+        ("insert", {"new_str": "x"}, "insert_line"),
+        ("insert", {"insert_line": 1}, "new_str"),
+    ],
+)
+async def test_missing_editor_parameters_get_openhands_texts(
+    rt: EventStreamRuntime, command: str, fields: dict[str, object], parameter: str
+) -> None:
+    workspace = await cd_workspace(rt)
+    path = f"{workspace}/f.py"
+    if command != "create":
+        created = await rt.run(FileEditAction(path, "create", file_text="a\nb\n"))
+        assert isinstance(created, FileEditObservation), created
+    obs = await rt.run(FileEditAction(path, command, **fields))  # type: ignore[arg-type]
+    assert isinstance(obs, ErrorObservation), obs
+    assert obs.content == f"ERROR:\nParameter `{parameter}` is required for command: {command}."
+
+
+async def test_hard_timeout_note_reads_like_openhands(rt: EventStreamRuntime) -> None:
+    obs = await rt.run(CmdRunAction("sleep 5", timeout=1, blocking=True))
+    assert isinstance(obs, CmdOutputObservation)
+    assert obs.exit_code == -1
+    assert obs.metadata.suffix.startswith("\n[The command timed out after 1.0 seconds. ")
+    await rt.run(CmdRunAction("C-c", is_input=True))
