@@ -48,9 +48,10 @@ class BuildProgressView:
             redirect_stderr=False,
         )
         self._task: TaskID | None = None
+        self._last_message: str | None = None
+        self._started = False  # a build that builds nothing draws no stages
 
     def __enter__(self) -> BuildProgressView:
-        self._progress.start()
         return self
 
     def __exit__(
@@ -59,14 +60,21 @@ class BuildProgressView:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._progress.stop()
+        if self._started:
+            self._progress.stop()
+        # Below the stages, where the eye ends: what was built and where its log is.
+        if self._last_message is not None:
+            self._console.print(self._last_message, markup=False, soft_wrap=True)
 
     def update(self, event: BuildProgress) -> None:
         """Show ``event`` (a new stage line, a count, or a message above the stages)."""
         match event.kind:
             case "decision":
-                self._progress.console.print(event.message, markup=False)
+                self._progress.console.print(event.message, markup=False, soft_wrap=True)
             case "stage":
+                if not self._started:
+                    self._progress.start()
+                    self._started = True
                 self._complete()
                 description = f"[{event.stage_number}/{event.stage_count}] {event.stage}"
                 self._task = self._progress.add_task(
@@ -82,7 +90,7 @@ class BuildProgressView:
                     )
             case "finished":
                 self._complete()
-                self._progress.console.print(event.message, markup=False)
+                self._last_message = event.message
 
     def _complete(self) -> None:
         if self._task is None:
