@@ -3,7 +3,7 @@
 Error tree::
 
     SandboxError                    root of every error this package raises
-     ├── SandboxBuildError          building the runtime image failed (carries the build log tail)
+     ├── SandboxBuildError          the runtime image build failed (names its log, quotes the tail)
      ├── SandboxStartError          the sandbox did not become ready (carries the log tail)
      ├── SandboxConnectionError     the action channel to the sandbox is lost or refused
      └── SandboxClosedError         the runtime was used after close()

@@ -226,8 +226,11 @@ async def test_source_change_builds_from_the_lock_image(
     models.write_bytes(models.read_bytes() + b"\n# changed by the lock test\n")
     (events_dir / "added_by_test.py").write_text("ADDED = 1\n")
     (events_dir / "codec.py").unlink()
-    result = await setup.build(dirs, docker=docker)
+    events: list[BuildProgress] = []
+    result = await setup.build(dirs, events=events, docker=docker)
     assert result.build_from == "lock"
+    assert events[0].message.startswith("build decision 2/4 (lock): ")
+    assert [e.stage for e in events if e.kind == "stage"] == ["copy source", "finish image", "tag"]
     assert result.tags.lock_tag == scratch.tags.lock_tag
     assert result.tags.source_tag != scratch.tags.source_tag
     assert result.new_tags == (setup.ref(result.tags.source_tag),)
@@ -256,6 +259,15 @@ async def test_lock_change_with_the_version_image_builds_versioned(
     result = await setup.build(dirs, lock_files=lock_files, events=events, docker=docker)
     lines = build_log_lines(events)
     assert result.build_from == "versioned"
+    assert events[0].message.startswith("build decision 3/4 (versioned): ")
+    assert [e.stage for e in events if e.kind == "stage"] == [
+        "inspect image",
+        "prepare wheels",
+        "install dependencies",
+        "copy source",
+        "finish image",
+        "tag",
+    ]
     assert result.tags.version_tag == scratch.tags.version_tag
     assert result.tags.lock_tag != scratch.tags.lock_tag
     assert result.new_tags == (setup.ref(result.tags.source_tag), setup.ref(result.tags.lock_tag))
