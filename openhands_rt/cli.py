@@ -89,7 +89,14 @@ async def cmd_run(args: argparse.Namespace) -> int:
             out.write(event.data)
             out.flush()
 
-    async with stream, make_runtime(args, stream, config) as rt:
+    from openhands_rt.progress_view import BuildStatusView
+
+    # The status view subscribes before the runtime starts: the build happens on entry.
+    async with (
+        stream,
+        BuildStatusView(stream, err_console),
+        make_runtime(args, stream, config) as rt,
+    ):
         stream.subscribe(show, subscriber_id="cli-run")
         obs = await rt.run(CmdRunAction(command, blocking=True, timeout=args.timeout))
         await asyncio.sleep(0)  # let the last chunk reach the printer
@@ -131,24 +138,16 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def cmd_build(args: argparse.Namespace) -> int:
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     from openhands_rt.image import build_runtime_image
     from openhands_rt.plugins import JupyterRequirement, PluginRequirement
+    from openhands_rt.progress_view import BuildProgressView
 
     plugins: list[PluginRequirement] = [
         JupyterRequirement() if p == "jupyter" else PluginRequirement(p) for p in args.plugins or []
     ]
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
-    ) as progress:
-        task = progress.add_task(f"runtime image for {args.base_image}", total=None)
-
-        def on_progress(line: str) -> None:
-            progress.update(task, description=line[:120])
-
+    with BuildProgressView(console) as view:
         result = await build_runtime_image(
-            args.base_image, force_rebuild=args.force, plugins=plugins, on_progress=on_progress
+            args.base_image, force_rebuild=args.force, plugins=plugins, on_progress=view.update
         )
     console.print(f"[bold]{result.image}[/bold]  (build step: {result.build_from})")
     for kind in ("version_tag", "lock_tag", "source_tag"):

@@ -319,15 +319,16 @@ class DockerRuntime(EventStreamRuntime):
                     ) from exc
                 raise
             return image
-        from openhands_rt.image import build_runtime_image
+        from openhands_rt.image import BuildProgress, build_runtime_image
 
         self.report_status(
             RuntimeStatus.BUILDING,
             f"resolving the runtime image for {self.config.base_container_image}",
         )
 
-        def progress(line: str) -> None:
-            self.report_status(RuntimeStatus.BUILDING, line)
+        def progress(event: BuildProgress) -> None:
+            # A handful of readable events; the raw build output is in the build log.
+            self.report_status(RuntimeStatus.BUILDING, event.message)
 
         result = await build_runtime_image(
             self.config.base_container_image,

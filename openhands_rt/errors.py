@@ -3,7 +3,7 @@
 Error tree::
 
     SandboxError                    root of every error this package raises
-     ├── SandboxBuildError          building the runtime image failed (carries the build log tail)
+     ├── SandboxBuildError          the runtime image build failed (names its log, quotes the tail)
      ├── SandboxStartError          the sandbox did not become ready (carries the log tail)
      ├── SandboxConnectionError     the action channel to the sandbox is lost or refused
      └── SandboxClosedError         the runtime was used after close()
@@ -28,11 +28,21 @@ class SandboxError(Exception):
 
 
 class SandboxBuildError(SandboxError):
-    """The runtime image could not be built. ``log_tail`` holds the last build output lines."""
+    """The runtime image could not be built.
 
-    def __init__(self, message: str, *, log_tail: list[str] | None = None) -> None:
+    ``message`` says what failed; ``log_tail`` holds the last build output lines and
+    ``log_file`` names the file with all of them (None when none was written).
+    """
+
+    def __init__(
+        self, message: str, *, log_tail: list[str] | None = None, log_file: str | None = None
+    ) -> None:
+        self.message = message
         self.log_tail = list(log_tail or [])
+        self.log_file = log_file
         text = message
+        if log_file is not None:
+            text += f"\nbuild log: {log_file}"
         if self.log_tail:
             text += "\n--- last build output ---\n" + "\n".join(self.log_tail)
         super().__init__(text)

@@ -9,10 +9,12 @@ from openhands_rt.image.build import (
     DEFAULT_REPOSITORY,
     LABEL_PREFIX,
     BuildFrom,
+    BuildProgressCallback,
     BuildResult,
     build_runtime_image,
     runtime_image_tags,
 )
+from openhands_rt.image.build_progress import BuildProgress
 from openhands_rt.image.progress import ProgressCallback
 from openhands_rt.image.tags import (
     ImageTags,
@@ -28,6 +30,8 @@ __all__ = [
     "DEFAULT_REPOSITORY",
     "LABEL_PREFIX",
     "BuildFrom",
+    "BuildProgress",
+    "BuildProgressCallback",
     "BuildResult",
     "ImageTags",
     "ProgressCallback",

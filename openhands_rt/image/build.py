@@ -12,20 +12,25 @@ Decision, most specific first (``build_from``):
 An image counts as existing only when its ``org.openhands-rt.layout`` label is
 this template's :data:`LAYOUT_REVISION` (the tags cannot see the template).
 ``force_rebuild`` goes straight to 4, without the engine's build cache. Builds go
-through the engine's build endpoint with a tar context made here; the output
-is reported line by line to ``on_progress`` and the log. A failed build raises
-:class:`SandboxBuildError` with the last 30 lines of output.
+through the engine's build endpoint with a tar context made here. The raw
+output (the engine's, pip's, the package manager's) goes to a build log file
+(:mod:`openhands_rt.image.logfile`); ``on_progress`` gets a handful of
+:class:`~openhands_rt.image.build_progress.BuildProgress` events made from it
+(decision, stages, counts, the end naming the log file). A failed build raises
+:class:`SandboxBuildError` naming the log file and quoting its last 30 lines.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import aiodocker
 import aiohttp
@@ -34,6 +39,12 @@ from aiodocker.exceptions import DockerError
 
 from openhands_rt.docker_client import image_exists, use_docker
 from openhands_rt.errors import SandboxBuildError, SandboxError
+from openhands_rt.image.build_progress import (
+    BuildFrom,
+    BuildProgress,
+    BuildProgressTracker,
+    Stage,
+)
 from openhands_rt.image.buildlog import BuildOutput, summarize_error
 from openhands_rt.image.context import build_context, can_compile_for
 from openhands_rt.image.dockerfile import (
@@ -43,8 +54,9 @@ from openhands_rt.image.dockerfile import (
     system_packages_step,
 )
 from openhands_rt.image.local_wheels import LocalWheel, resolve_local_requirements
+from openhands_rt.image.logfile import BuildLog, open_build_log
 from openhands_rt.image.probe import ImageProbe, PythonInfo, probe_image
-from openhands_rt.image.progress import ProgressCallback, report
+from openhands_rt.image.progress import ProgressCallback
 from openhands_rt.image.project import (
     PluginLike,
     find_project,
@@ -62,6 +74,7 @@ __all__ = [
     "LABEL_PREFIX",
     "LAYOUT_REVISION",
     "BuildFrom",
+    "BuildProgressCallback",
     "BuildResult",
     "build_runtime_image",
     "runtime_image_tags",
@@ -76,7 +89,10 @@ LABEL_PREFIX = "org.openhands-rt"
 #: are rebuilt) rather than built upon. Bump it with every such template change.
 LAYOUT_REVISION = "2"
 _LAYOUT_LABEL = f"{LABEL_PREFIX}.layout"
-BuildFrom = Literal["none", "lock", "versioned", "scratch"]
+
+#: Called with each :class:`BuildProgress` of a build; a plain function or a coroutine
+#: function (awaited before the build goes on).
+BuildProgressCallback = Callable[[BuildProgress], "Awaitable[None] | None"]
 
 _CHUNK = 256 * 1024
 
@@ -190,7 +206,7 @@ async def build_runtime_image(
     force_rebuild: bool = False,
     repository: str = DEFAULT_REPOSITORY,
     plugins: Sequence[str | PluginLike] = (),
-    on_progress: ProgressCallback | None = None,
+    on_progress: BuildProgressCallback | None = None,
     docker: aiodocker.Docker | None = None,
     version: str | None = None,
     lock_files: Sequence[Path] | None = None,
@@ -209,12 +225,55 @@ async def build_runtime_image(
     to every image and container the build makes. ``docker`` is used when given
     (the caller closes it), else a client is opened for the call.
 
+    ``on_progress`` gets the build's :class:`BuildProgress` events: the decision
+    first, then each stage and count, and a ``finished`` event naming the build
+    log file (about 15 events for a scratch build; none carries raw output).
+
     Raises :class:`SandboxError` when the base image does not exist (checked
     before anything is built) or the engine is unreachable, and
-    :class:`SandboxBuildError` when the image cannot be built.
+    :class:`SandboxBuildError` when the image cannot be built; it names the build
+    log file (``log_file``) and quotes its last lines (``log_tail``).
     """
     started = time.monotonic()
-    inputs = await _inputs_for(base_image, version, lock_files, source_dirs, plugins, on_progress)
+    async with open_build_log(base_image) as log:
+        progress = _Progress(log, on_progress)
+        try:
+            return await _build_runtime_image(
+                base_image,
+                started=started,
+                progress=progress,
+                force_rebuild=force_rebuild,
+                repository=repository,
+                plugins=plugins,
+                docker=docker,
+                version=version,
+                lock_files=lock_files,
+                source_dirs=source_dirs,
+                labels=labels or {},
+            )
+        except SandboxBuildError as exc:
+            if not log.opened or exc.log_file is not None:
+                raise
+            raise SandboxBuildError(
+                exc.message, log_tail=list(log.tail), log_file=str(log.path)
+            ) from exc
+
+
+async def _build_runtime_image(
+    base_image: str,
+    *,
+    started: float,
+    progress: _Progress,
+    force_rebuild: bool,
+    repository: str,
+    plugins: Sequence[str | PluginLike],
+    docker: aiodocker.Docker | None,
+    version: str | None,
+    lock_files: Sequence[Path] | None,
+    source_dirs: Sequence[Path] | None,
+    labels: Mapping[str, str],
+) -> BuildResult:
+    inputs = await _inputs_for(base_image, version, lock_files, source_dirs, plugins, progress.line)
     tags = inputs.tags
     refs = {
         "source": f"{repository}:{tags.source_tag}",
@@ -222,7 +281,7 @@ async def build_runtime_image(
         "version": f"{repository}:{tags.version_tag}",
     }
     async with use_docker(docker) as client:
-        builder = _Builder(client, base_image, inputs, refs, labels or {}, on_progress)
+        builder = _Builder(client, base_image, inputs, refs, labels, progress)
         build_from: BuildFrom
         if force_rebuild:
             build_from = "scratch"
@@ -230,7 +289,8 @@ async def build_runtime_image(
             existing = await _usable_image(client, refs["source"])
             if existing is not None:
                 logger.info("runtime image %s exists; no build", refs["source"])
-                await report(on_progress, f"using existing image {refs['source']}")
+                tracker = BuildProgressTracker("none", refs["source"], started=started)
+                await progress.decide(tracker)
                 return BuildResult(
                     image=refs["source"],
                     build_from="none",
@@ -248,7 +308,10 @@ async def build_runtime_image(
             else:
                 build_from = "scratch"
         logger.info("building %s (%s)", refs["source"], build_from)
-        await report(on_progress, f"building {refs['source']} from {build_from}")
+        tracker = BuildProgressTracker(
+            build_from, refs["source"], started=started, forced=force_rebuild
+        )
+        await progress.decide(tracker)
         if build_from == "lock":
             assert lock_image is not None
             image_id, new_tags = await builder.lock(lock_image)
@@ -256,8 +319,10 @@ async def build_runtime_image(
             image_id, new_tags = await builder.versioned()
         else:
             image_id, new_tags = await builder.scratch(nocache=force_rebuild)
-    seconds = time.monotonic() - started
+    finished = time.monotonic()
+    seconds = finished - started
     logger.info("built %s (%s) in %.1f s", refs["source"], build_from, seconds)
+    await progress.finish(finished)
     return BuildResult(
         image=refs["source"],
         build_from=build_from,
@@ -267,6 +332,60 @@ async def build_runtime_image(
         new_tags=new_tags,
         seconds=seconds,
     )
+
+
+class _Progress:
+    """One build's reporting: raw lines to the log file, progress events to the caller."""
+
+    def __init__(self, log: BuildLog, on_progress: BuildProgressCallback | None) -> None:
+        self.log = log
+        self._on_progress = on_progress
+        self._tracker: BuildProgressTracker | None = None
+
+    async def line(self, line: str) -> None:
+        """A raw output line (a :data:`ProgressCallback` for the steps below)."""
+        await self.log.write(line)
+        if self._tracker is not None:
+            for event in self._tracker.feed(line, time.monotonic()):
+                await self._emit(event)
+
+    async def decide(self, tracker: BuildProgressTracker) -> None:
+        self._tracker = tracker
+        event = tracker.decide(time.monotonic())
+        if tracker.build_from == "none":
+            # Nothing is built: no log file unless earlier steps already wrote one.
+            if self.log.opened:
+                event = dataclasses.replace(event, log_file=str(self.log.path))
+            await self._notify(event)
+        else:
+            await self._emit(event)
+
+    async def begin(self, stage: Stage) -> None:
+        assert self._tracker is not None
+        for event in self._tracker.begin(stage, time.monotonic()):
+            await self._emit(event)
+
+    def expect(self, stage: Stage, total: int) -> None:
+        assert self._tracker is not None
+        self._tracker.expect(stage, total)
+
+    async def finish(self, now: float) -> None:
+        assert self._tracker is not None
+        event = self._tracker.finish(now, log_file=str(self.log.path))
+        await self._emit(event)
+
+    async def _emit(self, event: BuildProgress) -> None:
+        # The events go into the log too: they mark where each stage's output begins.
+        await self.log.write(f"== {event.message}")
+        await self._notify(event)
+
+    async def _notify(self, event: BuildProgress) -> None:
+        logger.debug("build progress: %s", event.message)
+        if self._on_progress is None:
+            return
+        result = self._on_progress(event)
+        if inspect.isawaitable(result):
+            await result
 
 
 async def _usable_image(docker: aiodocker.Docker, ref: str) -> dict[str, Any] | None:
@@ -296,14 +415,14 @@ class _Builder:
         inputs: _Inputs,
         refs: Mapping[str, str],
         labels: Mapping[str, str],
-        on_progress: ProgressCallback | None,
+        progress: _Progress,
     ) -> None:
         self._docker = docker
         self._base_image = base_image
         self._inputs = inputs
         self._refs = refs
         self._extra_labels = labels
-        self._on_progress = on_progress
+        self._progress = progress
 
     async def scratch(self, *, nocache: bool) -> tuple[str, tuple[str, ...]]:
         base = await image_exists(self._docker, self._base_image)
@@ -312,6 +431,7 @@ class _Builder:
                 f"base image {self._base_image} does not exist in the Docker engine; pull or "
                 "load it first (or make one: openhands-rt base-image bootstrap)"
             )
+        await self._progress.begin("inspect image")
         probe = await self._probe(self._base_image, str(base["Id"]))
         system_step = self._system_step(probe)
         python = probe.usable_python
@@ -319,7 +439,7 @@ class _Builder:
         if system_step is not None:
             # Learn which Python the package manager brings before choosing wheels; the
             # full build below then finds this step in the engine's build cache.
-            await report(self._on_progress, f"installing system packages into {self._base_image}")
+            await self._progress.begin("install system packages")
             prelude_id = await self._build(
                 render_prelude(self._base_image, system_step),
                 tag=None,
@@ -357,6 +477,7 @@ class _Builder:
         info = await image_exists(self._docker, from_ref)
         if info is None:
             raise SandboxBuildError(f"{from_ref} vanished while building")
+        await self._progress.begin("inspect image")
         probe = await self._probe(from_ref, str(info["Id"]))
         python = probe.usable_python
         if python is None:
@@ -413,12 +534,16 @@ class _Builder:
         return await probe_image(self._docker, image, image_id=image_id, labels=self._extra_labels)
 
     async def _wheelhouse(self, python: PythonInfo) -> Wheelhouse:
-        return await prepare_wheelhouse(
+        await self._progress.begin("prepare wheels")
+        wheelhouse = await prepare_wheelhouse(
             python,
             self._inputs.requirements,
             self._inputs.pins,
-            on_progress=self._on_progress,
+            on_progress=self._progress.line,
         )
+        # pip in the image processes each pinned wheel once.
+        self._progress.expect("install dependencies", len(wheelhouse.pins))
+        return wheelhouse
 
     def _labels(self, variant: Variant, python: PythonInfo | None) -> dict[str, str]:
         tags = self._inputs.tags
@@ -455,6 +580,7 @@ class _Builder:
             precompile=precompile,
         )
         new_tags = [self._refs["source"]]
+        await self._progress.begin("tag")
         for kind in more_tags:
             repository, _, tag = self._refs[kind].rpartition(":")
             try:
@@ -531,7 +657,7 @@ class _Builder:
             logger.info("build: %s", line)
         else:
             logger.debug("build: %s", line)
-        await report(self._on_progress, line)
+        await self._progress.line(line)
 
 
 def _parse_version(text: str) -> tuple[int, ...] | None:

@@ -49,13 +49,16 @@ __all__ = [
     "VENV_PYTHON",
     "WHEELS_DIR",
     "WORKSPACE_DIR",
+    "Section",
     "Variant",
+    "instruction_section",
     "render_dockerfile",
     "render_prelude",
     "system_packages_step",
 ]
 
 Variant = Literal["scratch", "versioned", "lock"]
+Section = Literal["header", "system", "setup", "deps", "source", "runtime", "labels"]
 
 VENV_DIR = "/openhands_rt/venv"
 VENV_PYTHON = f"{VENV_DIR}/bin/python"
@@ -73,6 +76,8 @@ CONTEXT_WHEELS = "wheels"
 CONTEXT_CODE = "code"
 
 _CONTINUE = " \\\n    "
+# The setup step's first words: how instruction_section knows it.
+_SETUP_START = "set -eu;"
 
 _SYSTEM_COMMANDS = {
     "apt-get": (
@@ -102,6 +107,37 @@ def system_packages_step(package_manager: str, packages: Sequence[str]) -> str:
     return "RUN " + template.format(packages=" ".join(shlex.quote(p) for p in packages))
 
 
+def instruction_section(instruction: str) -> Section | None:
+    """The template section a rendered instruction belongs to; None for any other (pure).
+
+    ``instruction`` is as the engine echoes a build step (``RUN set -eu; ...``,
+    continuation lines folded) or as it stands in the Dockerfile.
+    """
+    keyword, _, rest = instruction.strip().partition(" ")
+    rest = rest.lstrip()
+    match keyword.upper():
+        case "FROM" | "USER":
+            return "header"
+        case "WORKDIR" | "EXPOSE" | "ENTRYPOINT" | "CMD":
+            return "runtime"
+        case "LABEL":
+            return "labels"
+        case "COPY" if rest.startswith(f"{CONTEXT_WHEELS} "):
+            return "deps"
+        case "COPY" if rest.startswith(f"{CONTEXT_CODE} "):
+            return "source"
+        case "RUN" if rest.startswith(_SETUP_START):
+            return "setup"
+        case "RUN" if rest.startswith(f"{VENV_PYTHON} {WHEELS_DIR}/"):
+            return "deps"
+        case "RUN" if rest.startswith(f"{VENV_PYTHON} -m compileall "):
+            return "source"
+        case "RUN" if rest.partition(" ")[0] in _SYSTEM_COMMANDS:
+            return "system"
+        case _:
+            return None
+
+
 def _header(from_image: str) -> list[str]:
     return [f"FROM {from_image}", "USER root"]
 
@@ -111,7 +147,7 @@ def _setup(python: str) -> str:
     user = SANDBOX_USER
     return _run(
         [
-            "set -eu;",
+            _SETUP_START,
             f"if ! id -u {user} >/dev/null 2>&1; then",
             f'  if cut -d: -f3 /etc/passwd | grep -qx {SANDBOX_UID}; then uid_flag="";',
             f'  else uid_flag="-u {SANDBOX_UID}"; fi;',

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import shutil
 import subprocess
 import tarfile
@@ -26,6 +27,7 @@ import pytest
 from openhands_rt.docker_client import import_image
 from openhands_rt.errors import SandboxBuildError, SandboxError
 from openhands_rt.image import (
+    BuildProgress,
     BuildResult,
     bootstrap_base_image,
     build_runtime_image,
@@ -82,7 +84,7 @@ class Setup:
         version: str | None = None,
         lock_files: Sequence[Path] | None = None,
         force_rebuild: bool = False,
-        lines: list[str] | None = None,
+        events: list[BuildProgress] | None = None,
         docker: aiodocker.Docker | None = None,
     ) -> BuildResult:
         return await build_runtime_image(
@@ -93,7 +95,7 @@ class Setup:
             source_dirs=source_dirs,
             lock_files=lock_files,
             labels=self.labels,
-            on_progress=lines.append if lines is not None else None,
+            on_progress=events.append if events is not None else None,
             docker=docker,
         )
 
@@ -106,6 +108,13 @@ def setup(
     base_image: str, test_repository: str, test_labels: dict[str, str], test_run_id: str
 ) -> Setup:
     return Setup(base_image, test_repository, test_labels, test_run_id)
+
+
+def build_log_lines(events: Sequence[BuildProgress]) -> list[str]:
+    """The raw lines of the build log the last event names."""
+    assert events[-1].kind == "finished"
+    assert events[-1].log_file is not None
+    return Path(events[-1].log_file).read_text().splitlines()
 
 
 async def image_id(docker: aiodocker.Docker, ref: str) -> str:
@@ -217,8 +226,11 @@ async def test_source_change_builds_from_the_lock_image(
     models.write_bytes(models.read_bytes() + b"\n# changed by the lock test\n")
     (events_dir / "added_by_test.py").write_text("ADDED = 1\n")
     (events_dir / "codec.py").unlink()
-    result = await setup.build(dirs, docker=docker)
+    events: list[BuildProgress] = []
+    result = await setup.build(dirs, events=events, docker=docker)
     assert result.build_from == "lock"
+    assert events[0].message.startswith("build decision 2/4 (lock): ")
+    assert [e.stage for e in events if e.kind == "stage"] == ["copy source", "finish image", "tag"]
     assert result.tags.lock_tag == scratch.tags.lock_tag
     assert result.tags.source_tag != scratch.tags.source_tag
     assert result.new_tags == (setup.ref(result.tags.source_tag),)
@@ -242,10 +254,20 @@ async def test_lock_change_with_the_version_image_builds_versioned(
     extra = tmp_path / "extra.lock"
     extra.write_text(f"changed lock {setup.run_id}\n")
     lock_files = [PROJECT.pyproject, PROJECT.lock_file, extra]
-    lines: list[str] = []
+    events: list[BuildProgress] = []
     dirs = copy_source(tmp_path / "src")
-    result = await setup.build(dirs, lock_files=lock_files, lines=lines, docker=docker)
+    result = await setup.build(dirs, lock_files=lock_files, events=events, docker=docker)
+    lines = build_log_lines(events)
     assert result.build_from == "versioned"
+    assert events[0].message.startswith("build decision 3/4 (versioned): ")
+    assert [e.stage for e in events if e.kind == "stage"] == [
+        "inspect image",
+        "prepare wheels",
+        "install dependencies",
+        "copy source",
+        "finish image",
+        "tag",
+    ]
     assert result.tags.version_tag == scratch.tags.version_tag
     assert result.tags.lock_tag != scratch.tags.lock_tag
     assert result.new_tags == (setup.ref(result.tags.source_tag), setup.ref(result.tags.lock_tag))
@@ -341,6 +363,82 @@ async def test_failed_build_raises_with_the_log_tail(
         error.log_tail
     )
     assert "--- last build output ---" in str(error)
+
+
+# Raw output of the engine, pip and apt: none of it may reach a progress event.
+RAW_OUTPUT = re.compile(
+    r"Step \d|--->|Collecting |Processing |Successfully |Running in |Removing intermediate"
+    r"|Looking in|Installing collected|pip install|apt-get|useradd"
+)
+
+
+async def test_a_scratch_build_reports_stages_and_logs_its_output(
+    docker: aiodocker.Docker, setup: Setup, tmp_path: Path
+) -> None:
+    events: list[BuildProgress] = []
+    version = setup.version + ".post3"
+    # Forced: nothing comes from the engine's cache, so pip really runs in the image.
+    result = await setup.build(
+        copy_source(tmp_path), version=version, force_rebuild=True, events=events, docker=docker
+    )
+    assert result.build_from == "scratch"
+    assert len(result.new_tags) == 3
+    assert 8 <= len(events) <= 25
+    assert events[0].kind == "decision"
+    assert events[0].message == (
+        f"build decision 4/4 (scratch): forced rebuild; building {result.image}"
+    )
+    assert [e.stage for e in events if e.kind == "stage"] == [
+        "inspect image",
+        "prepare wheels",
+        "bootstrap python",
+        "install dependencies",
+        "copy source",
+        "finish image",
+        "tag",
+    ]
+    installing = [e for e in events if e.detail == "installing"]
+    assert len(installing) == 1
+    assert installing[0].done == installing[0].total
+    assert installing[0].total is not None
+    assert installing[0].total > 5
+    last = events[-1]
+    assert last.kind == "finished"
+    assert last.log_file is not None
+    assert last.message.endswith(f"; build log: {last.log_file}")
+    log = Path(last.log_file)
+    assert log.parent.name == "build-logs"
+    raw = [line for line in log.read_text().splitlines() if not line.startswith("== ")]
+    assert any(line.startswith("Step 1/") for line in raw)
+    assert sum(line.startswith("Processing ") for line in raw) == installing[0].total
+    for event in events:
+        assert not RAW_OUTPUT.search(event.message), event.message
+        assert not any(len(line) > 8 and line in event.message for line in raw), event.message
+    elapsed = [e.elapsed for e in events]
+    assert elapsed == sorted(elapsed)
+    assert elapsed[-1] <= result.seconds
+
+
+async def test_a_failed_build_names_its_log_and_quotes_its_last_lines(
+    docker: aiodocker.Docker, setup: Setup, tmp_path: Path
+) -> None:
+    blocked = await plain_build(
+        docker, setup, f"FROM {setup.base_image}\nRUN touch /openhands_rt\n", "blocked-log"
+    )
+    events: list[BuildProgress] = []
+    with pytest.raises(SandboxBuildError) as caught:
+        await setup.build(copy_source(tmp_path), base_image=blocked, events=events, docker=docker)
+    error = caught.value
+    assert error.log_file is not None
+    log_lines = Path(error.log_file).read_text().splitlines()
+    assert f"build log: {error.log_file}" in str(error)
+    assert 0 < len(error.log_tail) <= 30
+    assert error.log_tail == log_lines[-len(error.log_tail) :]
+    assert "\n".join(log_lines[-5:]) in str(error)
+    assert any(line.startswith("mkdir: cannot create directory") for line in error.log_tail)
+    assert "returned a non-zero code" in error.message
+    assert [e.stage for e in events if e.kind == "stage"][-1] == "bootstrap python"
+    assert all(e.kind != "finished" for e in events)
 
 
 async def test_source_that_does_not_compile_is_named(
@@ -462,10 +560,11 @@ async def test_python_is_installed_with_the_package_manager(
         " && ! command -v python3\n",
         "no-python",
     )
-    lines: list[str] = []
+    events: list[BuildProgress] = []
     result = await setup.build(
-        copy_source(tmp_path), base_image=no_python, lines=lines, docker=docker
+        copy_source(tmp_path), base_image=no_python, events=events, docker=docker
     )
+    lines = build_log_lines(events)
     assert result.build_from == "scratch"
     assert any("apt-get install" in line for line in lines)
     status, output = await run_in(

@@ -24,6 +24,7 @@ from openhands_rt.image.dockerfile import (
     SERVER_PORT,
     VENV_DIR,
     WHEELS_DIR,
+    instruction_section,
     render_dockerfile,
     render_prelude,
     system_packages_step,
@@ -389,3 +390,38 @@ def test_plugin_lock_is_sorted_pinned_and_empty_without_plugins() -> None:
     ]
     assert render_plugin_lock({}, pins) == b""
     assert requirement_name("Jupyter_Client >= 8 ; python_version > '3'") == "jupyter-client"
+
+
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [
+        (
+            "scratch",
+            [
+                *("header", "header", "system", "setup", "deps", "deps", "source", "source"),
+                *("runtime", "runtime", "runtime", "runtime", "labels"),
+            ],
+        ),
+        ("versioned", ["header", "deps", "deps", "source", "source", "labels"]),
+        ("lock", ["header", "source", "source", "labels"]),
+    ],
+)
+def test_every_instruction_has_its_section(variant: str, expected: list[str]) -> None:
+    params: dict[str, object] = {"source_id": SOURCE_ID, "labels": LABELS}
+    if variant != "lock":
+        params["pip_wheel"] = PIP_WHEEL
+    if variant == "scratch":
+        params["system_step"] = APT_STEP
+    text = render_dockerfile(variant, "base:1", **params)  # type: ignore[arg-type]
+    assert [instruction_section(step) for step in instructions(text)] == expected
+
+
+@pytest.mark.parametrize("manager", ["apt-get", "apk", "dnf", "microdnf", "yum", "zypper"])
+def test_every_system_step_is_the_system_section(manager: str) -> None:
+    assert instruction_section(system_packages_step(manager, ["python3"])) == "system"
+
+
+def test_other_instructions_have_no_section() -> None:
+    assert instruction_section("RUN echo hello") is None
+    assert instruction_section("COPY other /x") is None
+    assert instruction_section("") is None
