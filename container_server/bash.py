@@ -77,7 +77,7 @@ from container_server.bash_protocol import (
     special_key,
 )
 from container_server.privileges import child_credentials
-from container_server.truncate import OutputBuffer
+from container_server.truncate import LastLinesBuffer
 from events import CmdOutputMetadata, CmdOutputObservation, CmdRunAction, ErrorObservation
 
 __all__ = ["BashSession", "BashStartError"]
@@ -254,7 +254,7 @@ class BashSession:
         self._pidfd = -1
         self._death_poll: select.poll | None = None
         self._parser = PromptParser(self._nonce)
-        self._output = OutputBuffer(max(max_output_chars, 1024))
+        self._output = LastLinesBuffer(max(max_output_chars, 1024))
         self._on_output: OutputCallback | None = None
         self._last_prompt: PromptInfo | None = None
         self._running = False
@@ -398,8 +398,8 @@ class BashSession:
         key_name = stripped if key is not None and data else None
         if outcome == "exited":
             return await self._shell_died(action, prefix, key_name)
-        content = self._output.render(self._max_output_chars)
-        self._output.clear()
+        content, truncated = self._output.take(self._max_output_chars)
+        prefix += truncated
         if outcome == "completed":
             info = self._completed
             assert info is not None
@@ -431,18 +431,17 @@ class BashSession:
 
     def _refuse(self, action: CmdRunAction) -> CmdOutputObservation:
         """A new command while one runs: not sent; the running one's new output is returned."""
-        content = ""
+        content = truncated = ""
         if not self._lock.locked():
             # Nobody is waiting on the running command: this observation takes its output.
-            content = self._output.render(self._max_output_chars)
-            self._output.clear()
+            content, truncated = self._output.take(self._max_output_chars)
             self._observed = True
         return CmdOutputObservation(
             content,
             command=action.command,
             metadata=self._metadata(
                 exit_code=-1,
-                prefix=CONTINUATION_PREFIX,
+                prefix=CONTINUATION_PREFIX + truncated,
                 suffix=not_executed_suffix(action.command.strip()),
             ),
             hidden=action.hidden,
@@ -452,8 +451,8 @@ class BashSession:
         self, action: CmdRunAction, prefix: str, key_name: str | None
     ) -> CmdOutputObservation | ErrorObservation:
         status = self._exited_status if self._exited_status is not None else -1
-        content = self._output.render(self._max_output_chars)
-        self._output.clear()
+        content, truncated = self._output.take(self._max_output_chars)
+        prefix += truncated
         if self._closed:
             return ErrorObservation(
                 "ERROR: The bash session was closed while the command ran.",

@@ -6,20 +6,46 @@ stream still went out as chunks). :class:`OutputBuffer` accumulates a running
 command's output in bounded memory, however much the command prints, and
 settles ``\\r``/``\\b`` overwrites line by line as the lines complete.
 
+:class:`LastLinesBuffer` is what a shell command's observation is made of, as
+in OpenHands: only the command's **last** :data:`MAX_OUTPUT_LINES` lines are
+kept (the end of a long build log is what an agent needs), the observation
+says so (:func:`truncated_lines_prefix`), and the head/tail cut then applies
+to those lines.
+
 Pure: no I/O.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from typing import Final
 
 from container_server.ansi import render_overwrites
 
-__all__ = ["TRUNCATION_MARKER", "OutputBuffer", "truncate_middle"]
+__all__ = [
+    "MAX_OUTPUT_LINES",
+    "TRUNCATION_MARKER",
+    "LastLinesBuffer",
+    "OutputBuffer",
+    "truncate_middle",
+    "truncated_lines_prefix",
+]
 
 # OpenHands' text (CmdOutputObservation / truncate_content), so agents read it the same way.
 TRUNCATION_MARKER: Final = "\n[... Observation truncated due to length ...]\n"
+#: OpenHands' shell keeps this many lines of a command's output (its terminal's history).
+MAX_OUTPUT_LINES: Final = 10_000
+# Memory bound of LastLinesBuffer, in characters, whatever the lines hold.
+_MAX_KEPT_CHARS: Final = 4 * 1024 * 1024
+
+
+def truncated_lines_prefix(lines: int) -> str:
+    """OpenHands' note (``metadata.prefix``) for an output cut to its last ``lines`` lines."""
+    return (
+        "[Previous command outputs are truncated. "
+        f"Showing the last {lines} lines of the output below.]\n"
+    )
 
 
 def truncate_middle(text: str, max_chars: int) -> str:
@@ -114,3 +140,89 @@ class OutputBuffer:
         self._tail_len = 0
         self._dropped = 0
         self._line = ""
+
+
+class LastLinesBuffer(OutputBuffer):
+    """A shell command's output since the last observation: its last ``max_lines`` lines.
+
+    Lines are settled as in :class:`OutputBuffer`; older lines are dropped past
+    ``max_lines`` (or past ``max_kept_chars`` characters in all, to bound memory)
+    and counted in :attr:`lines_dropped`. A line longer than ``2 * keep_chars``
+    keeps its head and tail around the marker (the observation could not show
+    more of it anyway).
+    """
+
+    __slots__ = ("_chars", "_lines", "_lines_dropped", "_max_kept_chars", "_max_lines")
+
+    def __init__(
+        self,
+        keep_chars: int,
+        *,
+        max_lines: int = MAX_OUTPUT_LINES,
+        max_kept_chars: int = _MAX_KEPT_CHARS,
+    ) -> None:
+        super().__init__(keep_chars)
+        self._max_lines = max(1, max_lines)
+        self._max_kept_chars = max(1, max_kept_chars)
+        self._lines: deque[str] = deque()
+        self._chars = 0
+        self._lines_dropped = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._line or self._lines)
+
+    @property
+    def lines_dropped(self) -> int:
+        """Lines printed since the last :meth:`clear` that are no longer kept."""
+        return self._lines_dropped
+
+    def _commit(self, text: str) -> None:
+        pieces = text.split("\n")
+        # Every piece but the last ended with a newline; the last may be a long open line.
+        for i, piece in enumerate(pieces):
+            line = piece if i == len(pieces) - 1 else piece + "\n"
+            if not line:
+                continue
+            if self._lines and not self._lines[-1].endswith("\n"):
+                previous = self._lines.pop()
+                self._chars -= len(previous)
+                line = previous + line
+            line = truncate_middle(line, 2 * self._keep)
+            self._lines.append(line)
+            self._chars += len(line)
+        while len(self._lines) > self._max_lines or (
+            self._chars > self._max_kept_chars and len(self._lines) > 1
+        ):
+            self._chars -= len(self._lines.popleft())
+            self._lines_dropped += 1
+
+    def _kept(self) -> tuple[str, int, int]:
+        """(kept text right-stripped, lines in it, lines dropped in all)."""
+        open_line = render_overwrites(self._line)
+        skip = 0
+        if open_line and len(self._lines) >= self._max_lines:
+            skip = len(self._lines) - self._max_lines + 1  # the open line counts too
+        text = "".join(itertools.islice(self._lines, skip, None)) + open_line
+        shown = len(self._lines) - skip + (1 if open_line else 0)
+        return text.rstrip(), shown, self._lines_dropped + skip
+
+    def render(self, max_chars: int) -> str:
+        return truncate_middle(self._kept()[0], max_chars)
+
+    def take(self, max_chars: int) -> tuple[str, str]:
+        """``(content, prefix note)`` of what was printed since the last take; then cleared.
+
+        The note is OpenHands' "Previous command outputs are truncated" text, with
+        the number of lines kept, when lines were dropped; else empty.
+        """
+        text, shown, dropped = self._kept()
+        note = truncated_lines_prefix(shown) if dropped else ""
+        content = truncate_middle(text, max_chars)
+        self.clear()
+        return content, note
+
+    def clear(self) -> None:
+        super().clear()
+        self._lines.clear()
+        self._chars = 0
+        self._lines_dropped = 0

@@ -23,7 +23,7 @@ from container_server.bash_protocol import (
     hard_timeout_suffix,
     soft_timeout_suffix,
 )
-from container_server.truncate import TRUNCATION_MARKER
+from container_server.truncate import TRUNCATION_MARKER, truncated_lines_prefix
 from events import CmdOutputObservation, CmdRunAction, ErrorObservation
 
 SOFT = 0.5  # no_change_timeout in these tests, seconds
@@ -408,13 +408,16 @@ async def test_five_thousand_lines(bash: BashSession) -> None:
 
 
 async def test_fifty_thousand_lines_are_truncated(bash: BashSession) -> None:
+    """The last 10,000 lines are kept (and said so), then cut to head and tail; the
+    stream still carried every line."""
     pieces: list[str] = []
     obs = await bash.run(CmdRunAction("seq 1 50000"), on_output=pieces.append)
     assert isinstance(obs, CmdOutputObservation)
     assert obs.exit_code == 0
+    assert obs.metadata.prefix == truncated_lines_prefix(10_000)
     head, marker, tail = obs.content.partition(TRUNCATION_MARKER)
     assert marker
-    assert head.startswith("1\n2\n3\n")
+    assert head.startswith("40001\n40002\n")
     assert tail.endswith("49999\n50000")
     assert len(head) == len(tail) == 15_000
     assert "".join(pieces) == "".join(f"{i}\n" for i in range(1, 50001))

@@ -31,7 +31,14 @@ from container_server.bash_protocol import (
     soft_timeout_suffix,
     special_key,
 )
-from container_server.truncate import TRUNCATION_MARKER, OutputBuffer, truncate_middle
+from container_server.truncate import (
+    MAX_OUTPUT_LINES,
+    TRUNCATION_MARKER,
+    LastLinesBuffer,
+    OutputBuffer,
+    truncate_middle,
+    truncated_lines_prefix,
+)
 
 NONCE = "0123456789abcdef0123456789abcdef"
 
@@ -450,3 +457,76 @@ def test_output_buffer_matches_rendering_everything(pieces: list[str], limit: in
     else:
         assert TRUNCATION_MARKER in rendered
         assert len(rendered) <= limit + len(TRUNCATION_MARKER)
+
+
+# --------------------------------------------------------------------------- last lines
+
+
+def test_openhands_keeps_the_last_ten_thousand_lines() -> None:
+    assert MAX_OUTPUT_LINES == 10_000
+    assert truncated_lines_prefix(10_000) == (
+        "[Previous command outputs are truncated. "
+        "Showing the last 10000 lines of the output below.]\n"
+    )
+
+
+def test_last_lines_buffer_below_the_limit_is_exact_with_no_note() -> None:
+    buffer = LastLinesBuffer(100, max_lines=10)
+    for piece in ["line 1\n", "line", " 2\n", "pro 1%\rpro 99%\n", "tail  \n\n"]:
+        buffer.append(piece)
+    assert buffer.take(1000) == ("line 1\nline 2\npro 99%\ntail", "")
+    assert not buffer
+    assert buffer.take(1000) == ("", "")
+
+
+def test_last_lines_buffer_keeps_the_end_of_a_flood_and_says_so() -> None:
+    buffer = LastLinesBuffer(30_000)
+    lines = [f"line {i}\n" for i in range(1, 25_001)]
+    for start in range(0, len(lines), 7):
+        buffer.append("".join(lines[start : start + 7]))
+    assert buffer.lines_dropped == 15_000
+    content, note = buffer.take(30_000)
+    assert note == truncated_lines_prefix(10_000)
+    kept = "".join(lines[15_000:]).rstrip()
+    # Then the head/tail cut applies to those lines.
+    assert content == truncate_middle(kept, 30_000)
+    assert content.startswith("line 15001\n")
+    assert content.endswith("line 25000")
+
+
+@given(
+    st.lists(st.text(alphabet="ab\n\r", max_size=30), max_size=40),
+    st.integers(1, 12),
+    st.integers(10, 200),
+)
+def test_last_lines_buffer_matches_the_last_lines_of_everything(
+    pieces: list[str], max_lines: int, limit: int
+) -> None:
+    buffer = LastLinesBuffer(limit, max_lines=max_lines)
+    for piece in pieces:
+        buffer.append(piece)
+    # The reference: every line of the settled output (the last one may be open) ...
+    whole = render_overwrites("".join(pieces))
+    lines = whole.split("\n")
+    if whole.endswith("\n"):
+        lines.pop()
+    # ... of which the last max_lines are kept, then cut in the middle.
+    kept = lines[-max_lines:]
+    expected_note = truncated_lines_prefix(len(kept)) if len(lines) > max_lines else ""
+    assert buffer.take(limit) == (
+        truncate_middle("\n".join(kept).rstrip(), limit),
+        expected_note,
+    )
+
+
+def test_last_lines_buffer_memory_is_bounded() -> None:
+    buffer = LastLinesBuffer(100, max_kept_chars=10_000)
+    for _ in range(1000):
+        buffer.append("x" * 99 + "\n")
+    assert buffer.lines_dropped >= 900
+    content, note = buffer.take(100)
+    assert note
+    assert len(content) <= 100 + len(TRUNCATION_MARKER)
+    one_long_line = LastLinesBuffer(100)
+    one_long_line.append("y" * 1_000_000 + "\n")
+    assert one_long_line.take(100) == (truncate_middle("y" * 1_000_000, 100), "")

@@ -87,3 +87,21 @@ async def test_hard_timeout_note_reads_like_openhands(rt: EventStreamRuntime) ->
     assert obs.exit_code == -1
     assert obs.metadata.suffix.startswith("\n[The command timed out after 1.0 seconds. ")
     await rt.run(CmdRunAction("C-c", is_input=True))
+
+
+async def test_long_output_keeps_its_last_ten_thousand_lines(rt: EventStreamRuntime) -> None:
+    """The end of a long log is what the agent needs: OpenHands keeps the last 10,000 lines."""
+    obs = await rt.run(CmdRunAction("seq 1 25000", blocking=True))
+    assert isinstance(obs, CmdOutputObservation)
+    assert obs.exit_code == 0
+    assert obs.metadata.prefix == (
+        "[Previous command outputs are truncated. "
+        "Showing the last 10000 lines of the output below.]\n"
+    )
+    # Then the 30,000-character head/tail cut applies to those lines.
+    assert obs.content.startswith("15001\n15002\n")
+    assert "[... Observation truncated due to length ...]" in obs.content
+    assert obs.content.endswith("24999\n25000")
+    short = await rt.run(CmdRunAction("seq 1 3"))
+    assert isinstance(short, CmdOutputObservation)
+    assert (short.content, short.metadata.prefix) == ("1\n2\n3", "")
