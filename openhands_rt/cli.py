@@ -177,7 +177,7 @@ async def cmd_ps(args: argparse.Namespace) -> int:
     from openhands_rt.sandboxes import list_sandboxes
 
     async with aiodocker.Docker() as docker:
-        sandboxes = await list_sandboxes(docker)
+        sandboxes = await list_sandboxes(docker, labels=_labels(args.label))
     table = Table("name", "session", "state", "status", "keep-alive", "owner", "image")
     for s in sandboxes:
         owner = {True: "alive", False: "gone", None: "other host"}[s.owner_alive]
@@ -192,11 +192,21 @@ async def cmd_gc(args: argparse.Namespace) -> int:
     from openhands_rt.sandboxes import reap_orphans
 
     async with aiodocker.Docker() as docker:
-        removed = await reap_orphans(docker, include_kept=args.all)
+        removed = await reap_orphans(docker, include_kept=args.all, labels=_labels(args.label))
     for name in removed:
         console.print(f"removed {name}")
     console.print(f"{len(removed)} orphaned sandbox(es) removed")
     return 0
+
+
+def _labels(pairs: list[str] | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not key or not sep:
+            raise CliError(f"--label wants KEY=VALUE, not {pair!r}")
+        labels[key] = value
+    return labels
 
 
 # ---------------------------------------------------------------------- parser
@@ -246,11 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--verbose", action="store_true")
     b.set_defaults(handler=cmd_bootstrap)
 
+    label_help = "only sandboxes with this container label (repeatable: all of them)"
     p = sub.add_parser("ps", help="list openhands-rt sandboxes")
+    p.add_argument("--label", action="append", metavar="KEY=VALUE", help=label_help)
     p.set_defaults(handler=cmd_ps)
 
     p = sub.add_parser("gc", help="remove sandboxes whose owner process is gone")
     p.add_argument("--all", action="store_true", help="also kept-alive sandboxes of dead owners")
+    p.add_argument("--label", action="append", metavar="KEY=VALUE", help=label_help)
     p.set_defaults(handler=cmd_gc)
 
     p = sub.add_parser(

@@ -16,7 +16,7 @@ _NETWORKS = ("bridge", "none")
 
 @dataclass(kw_only=True)
 class SandboxConfig:
-    """Configuration of one sandbox (see API.md for every field's meaning).
+    """Configuration of one sandbox (docs/api.md describes its public fields).
 
     ``timeout`` is the default hard timeout of an action and
     ``no_change_timeout`` the soft (no new output) timeout, both in seconds.

@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,15 +137,27 @@ def _info(raw: dict[str, Any]) -> SandboxInfo:
     )
 
 
-async def list_sandboxes(docker: aiodocker.Docker) -> list[SandboxInfo]:
-    containers = await docker.containers.list(all=True, filters={"label": [LABEL_SESSION]})
+async def list_sandboxes(
+    docker: aiodocker.Docker, *, labels: Mapping[str, str] | None = None
+) -> list[SandboxInfo]:
+    """Our containers, by name; only those carrying every one of ``labels`` when given."""
+    wanted = [LABEL_SESSION, *(f"{key}={value}" for key, value in (labels or {}).items())]
+    containers = await docker.containers.list(all=True, filters={"label": wanted})
     return sorted((_info(c._container) for c in containers), key=lambda s: s.name)
 
 
-async def reap_orphans(docker: aiodocker.Docker, *, include_kept: bool = False) -> list[str]:
-    """Remove our containers whose owner is gone; returns their names."""
+async def reap_orphans(
+    docker: aiodocker.Docker,
+    *,
+    include_kept: bool = False,
+    labels: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Remove our containers whose owner is gone; returns their names.
+
+    ``labels``: only containers carrying every one of them (e.g. one test run's).
+    """
     removed = []
-    for sandbox in await list_sandboxes(docker):
+    for sandbox in await list_sandboxes(docker, labels=labels):
         dead_owner = sandbox.owner_alive is False
         if not dead_owner or (sandbox.keep_alive and not include_kept):
             continue

@@ -1,4 +1,4 @@
-"""Test-wide settings: hypothesis profiles and the `docker` marker policy."""
+"""Test-wide settings: hypothesis profiles, the `docker` and `disrupts_engine` marker policies."""
 
 from __future__ import annotations
 
@@ -20,7 +20,25 @@ def docker_available() -> bool:
     return os.path.exists(os.environ.get("DOCKER_SOCKET", "/var/run/docker.sock"))
 
 
+#: Set to 1 to run the tests marked ``disrupts_engine`` (.ci/run does).
+DISRUPTIVE_TESTS_VARIABLE = "OPENHANDS_RT_DISRUPTIVE_TESTS"
+
+
+def disruptive_tests_wanted() -> bool:
+    return os.environ.get(DISRUPTIVE_TESTS_VARIABLE) == "1"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not disruptive_tests_wanted():
+        # Stopping the engine would kill every other container on it: a user's, or
+        # another test run's. Only a machine that is there for it (CI) runs these.
+        disruptive = pytest.mark.skip(
+            reason=f"stops or restarts the Docker engine; set {DISRUPTIVE_TESTS_VARIABLE}=1 "
+            "to run it (on a machine where nothing else uses that engine)"
+        )
+        for item in items:
+            if "disrupts_engine" in item.keywords:
+                item.add_marker(disruptive)
     if docker_available():
         return
     if os.environ.get("CI"):

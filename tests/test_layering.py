@@ -1,4 +1,4 @@
-"""The package layering of STYLE.md, checked statically and at import time.
+"""The package layering, checked statically and at import time.
 
 - ``events`` imports neither ``container_server`` nor ``openhands_rt``, and
   nothing outside the standard library but msgspec;

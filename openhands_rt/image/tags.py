@@ -148,7 +148,7 @@ def compute_tags(
     lock_files: Sequence[Path],
     source_dirs: Sequence[Path],
 ) -> ImageTags:
-    """The version, lock and source tags for ``base_image`` (the API.md recipe).
+    """The version, lock and source tags for ``base_image`` (the recipe in docs/api.md).
 
     ``version`` defaults to the installed openhands-rt version.
 

@@ -195,36 +195,56 @@ async def test_six_sandboxes_start_concurrently(make_config: ConfigFactory) -> N
     assert wall < 0.8 * sum(durations), (wall, durations)
 
 
-async def test_ps_and_gc_reap_orphans(base_image: str, test_labels: dict[str, str]) -> None:
+async def start_orphan(
+    docker: aiodocker.Docker, base_image: str, labels: dict[str, str]
+) -> tuple[str, str]:
+    """A container of ours whose owner is gone, with a run directory; its name and directory."""
     dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
     await dead.wait()
     orphan_owner = f"{socket.gethostname()}/none/{dead.pid}/0"
     name = f"{CONTAINER_PREFIX}{session_id()}"
     # A run directory like the one a DockerRuntime makes: gc removes it with the container.
     run_dir = tempfile.mkdtemp(prefix=f"{HOST_DIR_PREFIX}{name}-")
-    async with open_docker() as docker:
-        container = await docker.containers.create(
-            {
-                "Image": base_image,
-                "Cmd": ["sleep", "300"],
-                "HostConfig": {"Binds": [f"{run_dir}:/run/ours"]},
-                "Labels": {
-                    **test_labels,
-                    LABEL_SESSION: name.removeprefix(CONTAINER_PREFIX),
-                    LABEL_OWNER: orphan_owner,
-                    LABEL_KEEP_ALIVE: "false",
-                },
+    container = await docker.containers.create(
+        {
+            "Image": base_image,
+            "Cmd": ["sleep", "300"],
+            "HostConfig": {"Binds": [f"{run_dir}:/run/ours"]},
+            "Labels": {
+                **labels,
+                LABEL_SESSION: name.removeprefix(CONTAINER_PREFIX),
+                LABEL_OWNER: orphan_owner,
+                LABEL_KEEP_ALIVE: "false",
             },
-            name=name,
-        )
-        await container.start()
-        listed = {s.name: s for s in await list_sandboxes(docker)}
+        },
+        name=name,
+    )
+    await container.start()
+    return name, run_dir
+
+
+async def test_ps_and_gc_reap_orphans(base_image: str, test_labels: dict[str, str]) -> None:
+    # Scoped by labels, as this test must be: other orphans on the engine (a user's, another
+    # test run's, here "theirs") are not this test's to remove.
+    scope = "org.openhands-rt.test-scope"
+    mine = {**test_labels, scope: session_id()}
+    theirs = {**test_labels, scope: session_id()}
+    async with open_docker() as docker:
+        name, run_dir = await start_orphan(docker, base_image, mine)
+        other, other_dir = await start_orphan(docker, base_image, theirs)
+        listed = {s.name: s for s in await list_sandboxes(docker, labels=mine)}
+        assert set(listed) == {name}
         assert listed[name].orphan
         assert listed[name].host_dirs == (run_dir,)
-        removed = await reap_orphans(docker)
-        assert name in removed
+        assert other in {s.name for s in await list_sandboxes(docker)}
+        removed = await reap_orphans(docker, labels=mine)
+        assert removed == [name]
         assert name not in {s.name for s in await list_sandboxes(docker)}
         assert not os.path.exists(run_dir)
+        assert other in {s.name for s in await list_sandboxes(docker, labels=theirs)}
+        assert os.path.isdir(other_dir)
+        assert await reap_orphans(docker, labels=theirs) == [other]
+        assert not os.path.exists(other_dir)
 
 
 # ---------------------------------------------------------------- isolation (runc and runsc)

@@ -408,6 +408,7 @@ async def _ensure_docker() -> None:
 
 
 @pytest.mark.docker
+@pytest.mark.disrupts_engine
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="restarting dockerd needs root")
 @pytest.mark.skipif(_dockerd_pid() is None, reason="no local dockerd process to restart")

@@ -30,9 +30,7 @@ from openhands_rt.replay_cli import replay_command
 pytestmark = pytest.mark.docker
 
 REPO = Path(__file__).resolve().parents[2]
-REAL = Path("/work/shared/data/openhands-trajectories")
-if not REAL.is_dir():
-    REAL = REPO / "tests" / "data" / "openhands-trajectories"
+REAL = REPO / "tests" / "data" / "openhands-trajectories"
 HANDWRITTEN = REPO / "tests" / "data" / "trajectories" / "notes_session.json"
 
 SESSION = [

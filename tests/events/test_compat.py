@@ -43,10 +43,10 @@ from events.compat import (
     to_openhands_dict,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-# CI clones the repository into a fresh folder with a copy of shared/ beside it.
-REAL_DIR = REPO_ROOT.parent / "shared" / "data" / "openhands-trajectories"
-GOLDEN_DIR = REPO_ROOT / "tests" / "data" / "openhands"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+# Recorded by OpenHands itself, kept byte for byte (see the README there).
+REAL_DIR = DATA_DIR / "openhands-trajectories"
+GOLDEN_DIR = DATA_DIR / "openhands"
 REAL_FILES = [
     "basic.json",
     "basic_gui_mode.json",
@@ -66,10 +66,7 @@ GOLDEN_FILES = [
 def real_trajectory(name: str) -> Path:
     path = REAL_DIR / name
     if not path.is_file():
-        pytest.fail(
-            f"real OpenHands trajectory {path} is missing: shared/data/openhands-trajectories "
-            f"must sit beside the repository ({REPO_ROOT.parent / 'shared'})"
-        )
+        pytest.fail(f"real OpenHands trajectory {path} is missing from the repository")
     return path
 
 

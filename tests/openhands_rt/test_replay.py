@@ -61,9 +61,7 @@ from openhands_rt.replay_cli import replay_command, serve_lines
 
 REPO = Path(__file__).resolve().parents[2]
 HANDWRITTEN = REPO / "tests" / "data" / "trajectories" / "notes_session.json"
-REAL = Path("/work/shared/data/openhands-trajectories")
-if not REAL.is_dir():
-    REAL = REPO / "tests" / "data" / "openhands-trajectories"
+REAL = REPO / "tests" / "data" / "openhands-trajectories"
 
 
 def config(workspace: Path | None = None) -> SandboxConfig:
