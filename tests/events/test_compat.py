@@ -550,6 +550,21 @@ def test_our_events_render_in_openhands_shape() -> None:
     }
 
 
+def test_an_editor_call_missing_a_parameter_loads_for_the_editor_to_answer() -> None:
+    """OpenHands sends such a call and its editor answers it; so do we (no load error)."""
+    original = {
+        "id": 5,
+        "source": "agent",
+        "message": "",
+        "action": "edit",
+        "args": {"path": "/w/a.py", "command": "create", "thought": "", "impl_source": "oh_aci"},
+    }
+    action = from_openhands_dict(original)
+    assert isinstance(action, FileEditAction)
+    assert (action.command, action.file_text) == ("create", None)
+    assert to_openhands_dict(action) == original
+
+
 def test_editor_observations_say_they_come_from_the_aci_editor() -> None:
     """OpenHands reads an edit observation without ``impl_source`` as an LLM-based edit."""
     created = FileEditObservation("File created successfully at: /w/a.py", "/w/a.py", cause=4)
@@ -621,7 +636,10 @@ def test_unknown_shapes_raise_naming_them(value: Any, named: str) -> None:
         ({"action": "write", "args": {"path": "/f"}}, "content"),
         ({"action": "read", "args": {"path": "/f", "start": "0"}}, "start"),
         ({"action": "edit", "args": {"path": "/f", "command": "explode"}}, "explode"),
-        ({"action": "edit", "args": {"path": "/f", "command": "create"}}, "file_text"),
+        (
+            {"action": "edit", "args": {"path": "/f", "command": "create", "file_text": 3}},
+            "file_text",
+        ),
         ({"action": "edit", "args": {"path": "/f", "command": "view", "view_range": [1]}}, "view"),
         ({"action": "edit", "args": {"command": "view"}}, "path"),
         ({"observation": "run", "extras": {"command": "ls", "metadata": []}}, "metadata"),
