@@ -76,6 +76,7 @@ class ServerSettings:
     plugin_init_timeout: float = 60.0
     startup_notes: list[str] = field(default_factory=list)
     max_process_memory_mb: int | None = None
+    allow_multiple_commands: bool = False
     max_outbox_frames: int = 10_000
     max_upload_members: int = DEFAULT_MAX_MEMBERS
 
@@ -459,6 +460,7 @@ def create_app(settings: ServerSettings, executor: ActionExecutor | None = None)
             default_timeout=settings.default_timeout,
             plugins=load_plugins(settings.plugins, init_timeout=settings.plugin_init_timeout),
             max_process_memory_mb=settings.max_process_memory_mb,
+            allow_multiple_commands=settings.allow_multiple_commands,
         )
     hub = ChannelHub(executor)
     app = web.Application(

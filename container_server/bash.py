@@ -13,6 +13,11 @@ to write, how to read the stream back) and follows OpenHands' semantics for
   ``C-<letter>``, with or without ``is_input``) send that control key. Each of
   these returns only the output new since the previous observation, with the
   continuation prefix. A new command while one runs is not sent.
+* Several top-level commands in one action (``ls\npwd``) are not run: the
+  answer is OpenHands' ``ERROR: Cannot execute multiple commands at once.``
+  error (:mod:`container_server.bash_split`), unless the session allows them
+  (``allow_multiple_commands``). One compound command (a loop, a heredoc, an
+  ``&&`` chain, a function) is one command.
 * ``action.cwd`` runs the command in that directory; the session's own
   working directory is restored at the next prompt.
 * Output is read as it arrives (``loop.add_reader`` on the non-blocking PTY
@@ -76,6 +81,7 @@ from container_server.bash_protocol import (
     soft_timeout_suffix,
     special_key,
 )
+from container_server.bash_split import multiple_commands_error, split_commands
 from container_server.privileges import child_credentials
 from container_server.truncate import LastLinesBuffer
 from events import CmdOutputMetadata, CmdOutputObservation, CmdRunAction, ErrorObservation
@@ -233,8 +239,10 @@ class BashSession:
         max_output_chars: int = 30_000,
         env: Mapping[str, str] | None = None,
         rlimits: Mapping[int, tuple[int, int]] | None = None,
+        allow_multiple_commands: bool = False,
     ) -> None:
         self._working_dir = working_dir
+        self._allow_multiple_commands = allow_multiple_commands
         # resource.RLIMIT_* -> (soft, hard), applied to bash before it runs anything,
         # so every process the agent starts inherits them.
         self._rlimits = dict(rlimits or {})
@@ -325,6 +333,13 @@ class BashSession:
         stripped = action.command.strip()
         key = special_key(stripped)
         is_new_command = bool(stripped) and not action.is_input and key is None
+        if is_new_command and not self._allow_multiple_commands:
+            commands = split_commands(stripped)
+            if len(commands) > 1:
+                # OpenHands' answer: agents trained on it chain commands instead.
+                return ErrorObservation(
+                    multiple_commands_error(commands), error_id="multiple_commands"
+                )
         if is_new_command and self._running and self._exited_status is None:
             return self._refuse(action)
         async with self._lock:

@@ -58,6 +58,7 @@ class ActionExecutor:
         plugins: PluginHost | None = None,
         chunk_interval: float = 0.05,
         max_process_memory_mb: int | None = None,
+        allow_multiple_commands: bool = False,
     ) -> None:
         rlimits: dict[int, tuple[int, int]] = {}
         if max_process_memory_mb is not None:
@@ -71,6 +72,7 @@ class ActionExecutor:
             no_change_timeout=no_change_timeout,
             default_timeout=default_timeout,
             rlimits=rlimits,
+            allow_multiple_commands=allow_multiple_commands,
         )
         self.editor = FileEditor()
         self.plugins = plugins or PluginHost()

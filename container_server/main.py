@@ -63,6 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="address-space limit (RLIMIT_AS) of every process the shell starts",
     )
+    p.add_argument(
+        "--allow-multiple-commands",
+        action="store_true",
+        help="run several top-level commands in one action (OpenHands refuses them)",
+    )
     p.add_argument("--no-change-timeout", type=float, default=10.0, help="soft timeout, seconds")
     p.add_argument("--default-timeout", type=float, default=120.0, help="hard timeout, seconds")
     p.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES)
@@ -126,6 +131,7 @@ async def serve(
         plugins=list(args.plugins),
         plugin_init_timeout=args.plugin_init_timeout,
         max_process_memory_mb=args.max_process_memory_mb,
+        allow_multiple_commands=args.allow_multiple_commands,
     )
     try:
         app = create_app(settings)

@@ -47,6 +47,9 @@ class SandboxConfig:
     read_only_root: bool = False
     labels: dict[str, str] = field(default_factory=dict)  # extra labels on the container
     auto_restart: bool = False  # DockerRuntime: start a sandbox whose server died again
+    # OpenHands refuses several top-level commands in one CmdRunAction (an ErrorObservation
+    # "Cannot execute multiple commands at once"); True runs them all, one after the other.
+    allow_multiple_commands: bool = False
 
     def __post_init__(self) -> None:
         for name in ("timeout", "no_change_timeout", "startup_timeout"):

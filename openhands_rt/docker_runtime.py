@@ -431,6 +431,8 @@ class DockerRuntime(EventStreamRuntime):
         cmd = [*SERVER_COMMAND, "--working-dir", "/workspace"]
         cmd += ["--api-key-file", f"{HOST_DIR_IN_CONTAINER}/{KEY_FILE}"]
         cmd += ["--no-change-timeout", str(cfg.no_change_timeout)]
+        if cfg.allow_multiple_commands:
+            cmd.append("--allow-multiple-commands")
         cmd += ["--default-timeout", str(cfg.timeout)]
         if cfg.network == "none":
             cmd += ["--unix-socket", f"{HOST_DIR_IN_CONTAINER}/{SOCKET_FILE}"]

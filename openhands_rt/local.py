@@ -112,6 +112,8 @@ class LocalRuntime(EventStreamRuntime):
         ]
         if self.config.plugins:
             args += ["--plugins", *(p.name for p in self.config.plugins)]
+        if self.config.allow_multiple_commands:
+            args.append("--allow-multiple-commands")
         return args
 
     async def _drain_stderr(self) -> None:

@@ -103,11 +103,34 @@ async def test_multiline_commands(bash: BashSession, tmp_path: Path) -> None:
     assert obs.content == "a\nb\nc"
     obs = await run(bash, "echo one \\\n  two")
     assert obs.content == "one two"
-    obs = await run(bash, "x=1\nwhile [ $x -le 2 ]; do echo w$x; x=$((x+1)); done\nfalse")
-    assert obs.content == "w1\nw2"
-    assert obs.exit_code == 1  # one action, one status: the last command's
     obs = await run(bash, "if true; then\n  echo yes\nfi")
     assert obs.content == "yes"
+
+
+SEVERAL = "x=1\nwhile [ $x -le 2 ]; do echo w$x; x=$((x+1)); done\nfalse"
+
+
+async def test_several_commands_are_refused_as_openhands_does(bash: BashSession) -> None:
+    obs = await bash.run(CmdRunAction(SEVERAL))
+    assert isinstance(obs, ErrorObservation)
+    assert obs.error_id == "multiple_commands"
+    assert obs.content == (
+        "ERROR: Cannot execute multiple commands at once.\n"
+        "Please run each command separately OR chain them into a single command via && or ;\n"
+        "Provided commands:\n(1) x=1\n(2) while [ $x -le 2 ]; do echo w$x; x=$((x+1)); done\n"
+        "(3) false"
+    )
+    # Nothing ran; the session goes on.
+    assert (await run(bash, "echo ${x:-unset}")).content == "unset"
+
+
+async def test_several_commands_run_when_the_session_allows_them(tmp_path: Path) -> None:
+    async with BashSession(
+        working_dir=str(tmp_path), no_change_timeout=SOFT, allow_multiple_commands=True
+    ) as session:
+        obs = await run(session, SEVERAL)
+        assert obs.content == "w1\nw2"
+        assert obs.exit_code == 1  # one action, one status: the last command's
 
 
 async def test_special_characters_round_trip(bash: BashSession, tmp_path: Path) -> None:

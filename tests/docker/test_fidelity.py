@@ -31,18 +31,30 @@ RUNTIMES = [
 ]
 
 
-RuntimeFactory = Callable[[EventStream], EventStreamRuntime]
+RuntimeFactory = Callable[..., EventStreamRuntime]
 
 
 @pytest.fixture(params=RUNTIMES)
 def make_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> RuntimeFactory:
-    """A runtime of each kind on a stream (resolved here, outside the event loop)."""
+    """``make_runtime(stream, **config_overrides)``: a runtime of each kind (the Docker
+    image is resolved here, outside the event loop)."""
     if request.param == "local":
-        config = SandboxConfig(workspace_dir=str(tmp_path), no_change_timeout=5.0)
-        return lambda stream: LocalRuntime(stream, config, session_id=session_id())
+
+        def local(stream: EventStream, **overrides: object) -> EventStreamRuntime:
+            config = SandboxConfig(
+                workspace_dir=str(tmp_path),
+                no_change_timeout=5.0,
+                **overrides,  # type: ignore[arg-type]
+            )
+            return LocalRuntime(stream, config, session_id=session_id())
+
+        return local
     make_config: ConfigFactory = request.getfixturevalue("make_config")
-    docker_config = make_config()
-    return lambda stream: DockerRuntime(stream, docker_config, session_id=session_id())
+
+    def docker(stream: EventStream, **overrides: object) -> EventStreamRuntime:
+        return DockerRuntime(stream, make_config(**overrides), session_id=session_id())
+
+    return docker
 
 
 @pytest.fixture
@@ -105,3 +117,30 @@ async def test_long_output_keeps_its_last_ten_thousand_lines(rt: EventStreamRunt
     short = await rt.run(CmdRunAction("seq 1 3"))
     assert isinstance(short, CmdOutputObservation)
     assert (short.content, short.metadata.prefix) == ("1\n2\n3", "")
+
+
+async def test_several_commands_are_refused_and_one_compound_command_runs(
+    rt: EventStreamRuntime,
+) -> None:
+    refused = await rt.run(CmdRunAction("echo one\necho two"))
+    assert isinstance(refused, ErrorObservation)
+    assert refused.content.startswith("ERROR: Cannot execute multiple commands at once.\n")
+    assert refused.content.endswith("Provided commands:\n(1) echo one\n(2) echo two")
+    for command, output in [
+        ("echo one && echo two", "one\ntwo"),
+        ("for i in 1 2; do\n  echo $i\ndone", "1\n2"),
+        ("cat <<'EOF'\na\nb\nEOF", "a\nb"),
+        ("f() {\n  echo f\n}; f", "f"),
+    ]:
+        obs = await rt.run(CmdRunAction(command))
+        assert isinstance(obs, CmdOutputObservation), (command, obs)
+        assert obs.content == output
+
+
+async def test_several_commands_run_where_the_sandbox_allows_them(
+    make_runtime: RuntimeFactory, stream: EventStream
+) -> None:
+    async with make_runtime(stream, allow_multiple_commands=True) as runtime:
+        obs = await runtime.run(CmdRunAction("echo one\necho two"))
+        assert isinstance(obs, CmdOutputObservation), obs
+        assert obs.content == "one\ntwo"

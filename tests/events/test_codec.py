@@ -347,7 +347,7 @@ def test_malformed_inputs_are_decode_errors(data: bytes) -> None:
 def test_invalid_values_are_decode_errors_not_validation_leaks() -> None:
     for data in [
         b'{"type":"file_edit","path":"/f","command":"explode"}',
-        b'{"type":"file_edit","path":"/f","command":"create"}',
+        b'{"type":"file_edit","path":"/f","command":"view","view_range":[1]}',
         b'{"type":"runtime_status","status":"bogus"}',
         b'{"type":"cmd_run","command":"x","timeout":NaN}',
     ]:
