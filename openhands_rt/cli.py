@@ -10,11 +10,13 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 
 from events import (
     CmdOutputChunk,
@@ -22,6 +24,9 @@ from events import (
     CmdRunAction,
     Event,
     EventStream,
+    Observation,
+    RuntimeStatus,
+    RuntimeStatusObservation,
 )
 from openhands_rt.config import SandboxConfig
 from openhands_rt.errors import SandboxError
@@ -33,6 +38,11 @@ DEFAULT_BASE_IMAGE = os.environ.get("OPENHANDS_RT_BASE_IMAGE", "openhands-rt/bas
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+
+#: ``run``: the command did not finish within ``--timeout`` (as ``timeout(1)``).
+EXIT_TIMEOUT = 124
+#: Ending the CLI with one of these removes what it made, then exits with 128 + the signal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class CliError(Exception):
@@ -77,33 +87,106 @@ def sandbox_config(args: argparse.Namespace, **overrides: object) -> SandboxConf
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
-    command = " ".join(args.command)
-    if not command:
+    from openhands_rt.stdin_relay import (
+        closed_stdin_line,
+        command_line,
+        relay_stdin,
+        relayed_stdin_line,
+        spool_directory,
+    )
+
+    if not args.command:
         raise CliError("nothing to run: give a command after --")
+    line = command_line(args.command)
     stream = EventStream()
     config = sandbox_config(args, timeout=args.timeout, no_change_timeout=args.timeout)
     out = sys.stdout
+    notes = StatusNotes(err_console)
 
     async def show(event: Event) -> None:
         if isinstance(event, CmdOutputChunk):
             out.write(event.data)
             out.flush()
+        else:
+            notes.show(event)
 
-    async with stream, make_runtime(args, stream, config) as rt:
+    async with stream:
         stream.subscribe(show, subscriber_id="cli-run")
-        obs = await rt.run(CmdRunAction(command, blocking=True, timeout=args.timeout))
-        await asyncio.sleep(0)  # let the last chunk reach the printer
-        streamed = any(
-            isinstance(e, CmdOutputChunk) and e.cause == obs.cause for e in stream.iter_events()
-        )
-        if isinstance(obs, CmdOutputObservation):
-            if not streamed:
-                out.write(obs.content)
-                if obs.content and not obs.content.endswith("\n"):
-                    out.write("\n")
-            out.flush()
-            return obs.exit_code if obs.exit_code >= 0 else 124
+        async with make_runtime(args, stream, config) as rt:
+            if args.interactive:
+                spool = spool_directory()
+                action = CmdRunAction(
+                    relayed_stdin_line(line, spool), blocking=True, timeout=args.timeout
+                )
+                obs = await _run_with_stdin(
+                    rt, action, relay_stdin(rt.run, sys.stdin.fileno(), spool)
+                )
+            else:
+                action = CmdRunAction(closed_stdin_line(line), blocking=True, timeout=args.timeout)
+                obs = await rt.run(action)
+            await asyncio.sleep(0)  # let the last chunk reach the printer
+            streamed = any(
+                isinstance(e, CmdOutputChunk) and e.cause == obs.cause for e in stream.iter_events()
+            )
+    if not isinstance(obs, CmdOutputObservation):
         raise CliError(getattr(obs, "content", repr(obs)))
+    if not streamed:
+        out.write(obs.content)
+        if obs.content and not obs.content.endswith("\n"):
+            out.write("\n")
+    out.flush()
+    if obs.exit_code < 0:
+        err_console.print(
+            f"[red]error:[/red] the command did not finish within {args.timeout:g} s "
+            "(--timeout); it was stopped with its sandbox",
+            soft_wrap=True,
+        )
+        return EXIT_TIMEOUT
+    return obs.exit_code
+
+
+async def _run_with_stdin(
+    rt: EventStreamRuntime, action: CmdRunAction, relay: Coroutine[Any, Any, None]
+) -> Observation:
+    """Run ``action`` while ``relay`` passes standard input; a failed relay fails the run."""
+    relaying = asyncio.ensure_future(relay)
+    command = asyncio.ensure_future(rt.run(action))
+    try:
+        pending: set[asyncio.Future[Any]] = {relaying, command}
+        while not command.done():
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if relaying in done and (error := relaying.exception()) is not None:
+                raise error
+        return command.result()
+    finally:
+        # Once the command is done the rest of the input is not read.
+        for task in (relaying, command):
+            task.cancel()
+        await asyncio.gather(relaying, command, return_exceptions=True)
+
+
+class StatusNotes:
+    """Prints what the sandbox reports once it is ready (startup notes, errors) on stderr.
+
+    Before ``ready`` the runtime reports its own progress (building, creating
+    the container): not news to the user. Everything after it comes from the
+    sandbox: the server's startup notes (e.g. a root-owned workspace given to
+    the sandbox user), a plugin that failed, the container dying.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.ready = False
+
+    def show(self, event: Event) -> None:
+        if not isinstance(event, RuntimeStatusObservation):
+            return
+        if event.status is RuntimeStatus.READY:
+            self.ready = True
+        elif self.ready and event.message and event.status is RuntimeStatus.STARTING:
+            self.console.print(f"[yellow]note:[/yellow] {escape(event.message)}", soft_wrap=True)
+        elif self.ready and event.message and event.status is RuntimeStatus.ERROR:
+            self.console.print(f"[red]warning:[/red] {escape(event.message)}", soft_wrap=True)
 
 
 # ---------------------------------------------------------------------- shell
@@ -225,8 +308,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run one command in a fresh sandbox, streaming its output")
     _sandbox_options(p)
-    p.add_argument("--timeout", type=float, default=600.0, help="hard timeout, seconds")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND...")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="hard timeout, seconds: the command is stopped and the exit code is 124",
+    )
+    p.add_argument(
+        "-i",
+        "--interactive",
+        action="store_true",
+        help="pass standard input to the command (default: closed, as with docker run)",
+    )
+    p.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        help="-- ARG... (several: one argv, quoted for the shell) or -- 'SHELL LINE'",
+    )
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("shell", help="an interactive line shell into a sandbox")
@@ -288,6 +386,36 @@ async def cmd_replay(args: argparse.Namespace) -> int:
     return await replay_command(args, console)
 
 
+async def until_stopped(work: Coroutine[Any, Any, int]) -> int:
+    """Run ``work``; SIGINT, SIGTERM or SIGHUP cancel it, so that it removes what it made.
+
+    Returns ``work``'s exit code, or 128 + the signal's number when one stopped
+    it. Signals after the first are ignored: the cleanup the first one started
+    must finish (a sandbox left behind is what ``gc`` is for).
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        if not received:
+            received.append(signum)
+            task.cancel()
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if received:
+            return 128 + received[0]
+        raise
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+
+
 def _fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[red]error:[/red] {message}")
     raise SystemExit(code)
@@ -304,9 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
     try:
-        return asyncio.run(handler(args))
-    except KeyboardInterrupt:
-        return 130
+        return asyncio.run(until_stopped(handler(args)))
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one's cleanup runs
+        return 128 + signal.SIGINT
     except (CliError, SandboxError, ValueError, OSError) as exc:
         if args.debug:
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -48,3 +49,55 @@ def test_errors_are_one_line_and_ps_gc_work() -> None:
     gc = cli("gc")
     assert gc.returncode == 0, gc.stderr
     assert "orphaned sandbox" in gc.stdout
+
+
+# ---------------------------------------------------------------- argv, stdin (issue 14)
+
+
+def test_several_arguments_are_one_argv_and_one_argument_is_a_shell_line(
+    runtime_image: str,
+) -> None:
+    result = cli("run", "--image", runtime_image, "--", "printf", "%s|", "a b", "c")
+    assert result.returncode == 0, result.stderr
+    # A short output comes whole in the observation, right-stripped: the CLI ends it with "\n".
+    assert result.stdout == "a b|c|\n"
+    result = cli("run", "--image", runtime_image, "--", "echo", "it's")
+    assert (result.returncode, result.stdout) == (0, "it's\n"), result.stderr
+    result = cli("run", "--image", runtime_image, "--", "sh", "-c", "exit 5")
+    assert result.returncode == 5, result.stderr
+    result = cli("run", "--image", runtime_image, "--", "echo one && echo two; exit 4")
+    assert (result.returncode, result.stdout.split()) == (4, ["one", "two"]), result.stderr
+
+
+def cli_with_input(
+    *args: str, data: bytes, timeout: float = 180
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "openhands_rt.cli", *args],
+        input=data,
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},
+        check=False,
+    )
+
+
+def test_stdin_is_closed_unless_interactive(runtime_image: str) -> None:
+    # Without -i the command sees end of input at once (it used to wait forever).
+    result = cli_with_input(
+        "run", "--image", runtime_image, "--", "cat; echo done", data=b"hi\n", timeout=120
+    )
+    assert (result.returncode, result.stdout) == (0, b"done\n"), result.stderr
+
+
+def test_interactive_passes_every_byte_and_end_of_input(runtime_image: str) -> None:
+    text = b"first\n\n   indented  \n\ttab\x03\x04 and \xc3\xa9t\xc3\xa9\n" + b"x" * 9000 + b"\n"
+    binary = bytes(range(256)) * 600  # not UTF-8: relayed in base64
+    for data in (text, binary):
+        result = cli_with_input(
+            "run", "-i", "--image", runtime_image, "--", "sha256sum; wc -c", data=data
+        )
+        assert result.returncode == 0, result.stderr
+        digest, _, count = result.stdout.decode().split()
+        assert digest == hashlib.sha256(data).hexdigest()
+        assert int(count) == 0, "the second command read input the first should have taken"
