@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+from typing import Any
 
+import aiodocker
 import pytest
+from aiodocker.exceptions import DockerError
 
 from openhands_rt.docker_runtime import CONTAINER_PREFIX
+from openhands_rt.sandboxes import LABEL_OWNER, owner_labels
 
 pytestmark = pytest.mark.docker
 
@@ -101,3 +108,88 @@ def test_interactive_passes_every_byte_and_end_of_input(runtime_image: str) -> N
         digest, _, count = result.stdout.decode().split()
         assert digest == hashlib.sha256(data).hexdigest()
         assert int(count) == 0, "the second command read input the first should have taken"
+
+
+# ---------------------------------------------------------------- ending the CLI (issue 14)
+
+
+async def containers_of(docker: aiodocker.Docker, pid: int) -> list[Any]:
+    """The containers the process ``pid`` (alive) owns."""
+    owner = owner_labels(pid)[LABEL_OWNER]
+    return list(
+        await docker.containers.list(all=True, filters={"label": [f"{LABEL_OWNER}={owner}"]})
+    )
+
+
+async def read_until(fd: int, marker: bytes, timeout: float) -> bytes:
+    """Read ``fd`` (non-blocking) until ``marker`` appears."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    deadline = loop.time() + timeout
+    while marker not in data:
+        ready = asyncio.Event()
+        loop.add_reader(fd, ready.set)
+        try:
+            await asyncio.wait_for(ready.wait(), max(0.0, deadline - loop.time()))
+        finally:
+            loop.remove_reader(fd)
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the other side of a terminal is gone
+            chunk = b""
+        if not chunk:
+            raise AssertionError(f"end of output before {marker!r}: {data!r}")
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+async def test_every_way_of_ending_run_removes_its_sandbox(
+    runtime_image: str, docker: aiodocker.Docker, signum: int
+) -> None:
+    """SIGINT (Ctrl-C), SIGTERM (``timeout``, ``kill``), SIGHUP (the terminal closed)."""
+    master, slave = os.openpty()
+    command = [sys.executable, "-m", "openhands_rt.cli", "run", "--image", runtime_image]
+    command += ["--", "echo started; sleep 60"]
+    # SIGHUP as when a terminal closes: the CLI leads a session whose terminal is the pty.
+    prefix = ["setsid", "--ctty"] if signum == signal.SIGHUP else []
+    proc = await asyncio.create_subprocess_exec(
+        *prefix, *command, stdin=slave, stdout=slave, stderr=slave, start_new_session=not prefix
+    )
+    os.close(slave)
+    os.set_blocking(master, False)
+    made: list[Any] = []
+    try:
+        await read_until(master, b"started", timeout=120)
+        made = await containers_of(docker, proc.pid)
+        assert len(made) == 1, made
+        if signum == signal.SIGHUP:
+            os.close(master)
+            master = -1
+        else:
+            proc.send_signal(signum)
+        code = await asyncio.wait_for(proc.wait(), 60)
+        assert code == 128 + signum
+        assert await containers_of_ids(docker, [c.id for c in made]) == []
+    finally:
+        if master >= 0:
+            os.close(master)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        for container in made:
+            with contextlib.suppress(DockerError):
+                await container.delete(force=True)
+
+
+async def containers_of_ids(docker: aiodocker.Docker, ids: list[str]) -> list[str]:
+    left = []
+    for container_id in ids:
+        try:
+            await docker.containers.get(container_id)
+        except DockerError as exc:
+            if exc.status != 404:
+                raise
+        else:
+            left.append(container_id)
+    return left
