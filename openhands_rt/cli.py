@@ -28,6 +28,7 @@ from events import (
     RuntimeStatus,
     RuntimeStatusObservation,
 )
+from openhands_rt.cli_signals import until_stopped
 from openhands_rt.config import SandboxConfig
 from openhands_rt.errors import SandboxError
 from openhands_rt.runtime import EventStreamRuntime
@@ -41,8 +42,6 @@ err_console = Console(stderr=True, highlight=False)
 
 #: ``run``: the command did not finish within ``--timeout`` (as ``timeout(1)``).
 EXIT_TIMEOUT = 124
-#: Ending the CLI with one of these removes what it made, then exits with 128 + the signal.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class CliError(Exception):
@@ -197,8 +196,15 @@ async def cmd_shell(args: argparse.Namespace) -> int:
 
     stream = EventStream()
     config = sandbox_config(args)
-    async with stream, make_runtime(args, stream, config) as rt:
-        return await interactive_shell(rt, console)
+    notes = StatusNotes(err_console)
+
+    async def show(event: Event) -> None:
+        notes.show(event)
+
+    async with stream:
+        stream.subscribe(show, subscriber_id="cli-notes")
+        async with make_runtime(args, stream, config) as rt:
+            return await interactive_shell(rt, console)
 
 
 # ---------------------------------------------------------------------- demo
@@ -384,36 +390,6 @@ async def cmd_replay(args: argparse.Namespace) -> int:
     from openhands_rt.replay_cli import replay_command
 
     return await replay_command(args, console)
-
-
-async def until_stopped(work: Coroutine[Any, Any, int]) -> int:
-    """Run ``work``; SIGINT, SIGTERM or SIGHUP cancel it, so that it removes what it made.
-
-    Returns ``work``'s exit code, or 128 + the signal's number when one stopped
-    it. Signals after the first are ignored: the cleanup the first one started
-    must finish (a sandbox left behind is what ``gc`` is for).
-    """
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    received: list[int] = []
-
-    def stop(signum: int) -> None:
-        if not received:
-            received.append(signum)
-            task.cancel()
-
-    for signum in STOP_SIGNALS:
-        loop.add_signal_handler(signum, stop, signum)
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if received:
-            return 128 + received[0]
-        raise
-    finally:
-        for signum in STOP_SIGNALS:
-            loop.remove_signal_handler(signum)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:

@@ -193,3 +193,61 @@ async def containers_of_ids(docker: aiodocker.Docker, ids: list[str]) -> list[st
         else:
             left.append(container_id)
     return left
+
+
+# ---------------------------------------------------------------- the shell, as typed (issue 14)
+
+
+async def test_shell_ctrl_c_interrupts_the_command_and_ctrl_d_leaves(
+    runtime_image: str, docker: aiodocker.Docker
+) -> None:
+    master, slave = os.openpty()
+    # A session whose controlling terminal is the pty: Ctrl-C there is SIGINT, as for a user.
+    proc = await asyncio.create_subprocess_exec(
+        *("setsid", "--ctty", sys.executable, "-m", "openhands_rt.cli"),
+        *("shell", "--image", runtime_image),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    os.set_blocking(master, False)
+    made: list[Any] = []
+    loop = asyncio.get_running_loop()
+
+    async def typed(keys: bytes, until: bytes, timeout: float = 30) -> bytes:
+        os.write(master, keys)
+        return await read_until(master, until, timeout)
+
+    try:
+        await read_until(master, b"$ ", timeout=120)
+        made = await containers_of(docker, proc.pid)
+        assert len(made) == 1, made
+        await typed(b"echo slee''ping; sleep 30; echo not interrupted\n", b"sleeping")
+        started = loop.time()
+        after = await typed(b"\x03", b"$ ", timeout=10)
+        assert loop.time() - started < 3, "the prompt took too long to come back"
+        assert b"130" in after  # the sandbox's command ended with SIGINT's status
+        out = await typed(b"echo alive $((6*7))\n", b"alive 42")
+        assert b"not interrupted" not in out
+        # A running command reads what is typed.
+        await typed(b"read word; echo got $word\n", b"\n")
+        await typed(b"hello\n", b"got hello")
+        # Ctrl-C at the prompt drops the line being typed.
+        await read_until(master, b"$ ", timeout=10)
+        await typed(b"echo dro''pped", b"pped")
+        await typed(b"\x03", b"$ ", timeout=10)
+        out = await typed(b"echo fre''sh\n", b"fresh\r\n")
+        assert b"dropped" not in out
+        await read_until(master, b"$ ", timeout=10)
+        os.write(master, b"\x04")  # Ctrl-D at the prompt
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+        assert await containers_of_ids(docker, [c.id for c in made]) == []
+    finally:
+        os.close(master)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        for container in made:
+            with contextlib.suppress(DockerError):
+                await container.delete(force=True)
