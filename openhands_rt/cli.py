@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
@@ -29,13 +29,18 @@ from events import (
     RuntimeStatusObservation,
 )
 from openhands_rt.cli_signals import until_stopped
+from openhands_rt.config import DEFAULT_BASE_IMAGE as SANDBOX_DEFAULT_BASE_IMAGE
 from openhands_rt.config import SandboxConfig
 from openhands_rt.errors import SandboxError
 from openhands_rt.runtime import EventStreamRuntime
 
+if TYPE_CHECKING:
+    from openhands_rt.plugins import PluginRequirement
+
 __all__ = ["DEFAULT_BASE_IMAGE", "main"]
 
-DEFAULT_BASE_IMAGE = os.environ.get("OPENHANDS_RT_BASE_IMAGE", "openhands-rt/base:bookworm")
+#: The base image the commands use: ``$OPENHANDS_RT_BASE_IMAGE``, else SandboxConfig's default.
+DEFAULT_BASE_IMAGE = os.environ.get("OPENHANDS_RT_BASE_IMAGE", SANDBOX_DEFAULT_BASE_IMAGE)
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -60,21 +65,31 @@ def make_runtime(
     return DockerRuntime(stream, config)
 
 
-def sandbox_config(args: argparse.Namespace, **overrides: object) -> SandboxConfig:
-    from openhands_rt.plugins import ALL_PLUGINS, JupyterRequirement, PluginRequirement
+def plugin_requirements(names: list[str] | None) -> list[PluginRequirement]:
+    """``--plugins`` as requirements; an unknown name is an error (build, run and replay alike)."""
+    from openhands_rt.plugins import (
+        ALL_PLUGINS,
+        JupyterRequirement,
+        PluginRequirement,
+        offered_plugins,
+    )
 
     plugins: list[PluginRequirement] = []
-    for name in getattr(args, "plugins", None) or []:
+    for name in names or []:
         if name == "jupyter":
             plugins.append(JupyterRequirement())
         elif name in ALL_PLUGINS:
             plugins.append(PluginRequirement(name))
         else:
-            raise CliError(f"unknown plugin {name!r}; known: {', '.join(ALL_PLUGINS)}")
+            raise CliError(f"unknown plugin {name!r}; known: {', '.join(offered_plugins())}")
+    return plugins
+
+
+def sandbox_config(args: argparse.Namespace, **overrides: object) -> SandboxConfig:
     kwargs: dict[str, object] = {
         "base_container_image": args.base_image,
         "workspace_dir": args.workspace,
-        "plugins": plugins,
+        "plugins": plugin_requirements(getattr(args, "plugins", None)),
     }
     if getattr(args, "image", None):
         kwargs["runtime_container_image"] = args.image
@@ -223,11 +238,8 @@ async def cmd_build(args: argparse.Namespace) -> int:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from openhands_rt.image import build_runtime_image
-    from openhands_rt.plugins import JupyterRequirement, PluginRequirement
 
-    plugins: list[PluginRequirement] = [
-        JupyterRequirement() if p == "jupyter" else PluginRequirement(p) for p in args.plugins or []
-    ]
+    plugins = plugin_requirements(args.plugins)
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
     ) as progress:
@@ -297,7 +309,15 @@ def _sandbox_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", default=None, help="use this runtime image as is (no build)")
     p.add_argument("--workspace", default=None, help="host directory mounted at /workspace")
     p.add_argument("--local", action="store_true", help="no container: run the server locally")
-    p.add_argument("--plugins", nargs="*", default=[], help="plugins, e.g. jupyter")
+    _plugins_option(p)
+
+
+def _plugins_option(p: argparse.ArgumentParser) -> None:
+    from openhands_rt.plugins import offered_plugins
+
+    p.add_argument(
+        "--plugins", nargs="*", default=[], help=f"plugins: {', '.join(offered_plugins())}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build (or find) the runtime image for a base image")
     p.add_argument("--base-image", default=DEFAULT_BASE_IMAGE)
     p.add_argument("--force", action="store_true", help="rebuild from scratch")
-    p.add_argument("--plugins", nargs="*", default=[])
+    _plugins_option(p)
     p.set_defaults(handler=cmd_build)
 
     p = sub.add_parser("base-image", help="base images made without a registry")
@@ -382,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--until", type=int, default=None, metavar="EVENT_ID", help="stop after this event id"
     )
     p.add_argument("--output-log", default=None, help="write the replay to this new durable log")
+    _plugins_option(p)
     p.set_defaults(handler=cmd_replay)
     return parser
 

@@ -9,12 +9,15 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiodocker
 import pytest
 from aiodocker.exceptions import DockerError
 
+from events import EventStream
+from openhands_rt import DockerRuntime, SandboxError
 from openhands_rt.docker_runtime import CONTAINER_PREFIX
 from openhands_rt.sandboxes import LABEL_OWNER, owner_labels
 
@@ -121,26 +124,34 @@ async def containers_of(docker: aiodocker.Docker, pid: int) -> list[Any]:
     )
 
 
-async def read_until(fd: int, marker: bytes, timeout: float) -> bytes:
-    """Read ``fd`` (non-blocking) until ``marker`` appears."""
-    loop = asyncio.get_running_loop()
-    data = b""
-    deadline = loop.time() + timeout
-    while marker not in data:
-        ready = asyncio.Event()
-        loop.add_reader(fd, ready.set)
-        try:
-            await asyncio.wait_for(ready.wait(), max(0.0, deadline - loop.time()))
-        finally:
-            loop.remove_reader(fd)
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # EIO: the other side of a terminal is gone
-            chunk = b""
-        if not chunk:
-            raise AssertionError(f"end of output before {marker!r}: {data!r}")
-        data += chunk
-    return data
+class Terminal:
+    """The master side of a pty: what the program wrote, consumed marker by marker."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.unread = b""
+
+    async def expect(self, marker: bytes, timeout: float) -> bytes:
+        """Everything up to and including the next ``marker``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while marker not in self.unread:
+            ready = asyncio.Event()
+            loop.add_reader(self.fd, ready.set)
+            try:
+                await asyncio.wait_for(ready.wait(), max(0.0, deadline - loop.time()))
+            finally:
+                loop.remove_reader(self.fd)
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:  # EIO: the other side of the terminal is gone
+                chunk = b""
+            if not chunk:
+                raise AssertionError(f"end of output before {marker!r}: {self.unread!r}")
+            self.unread += chunk
+        end = self.unread.index(marker) + len(marker)
+        seen, self.unread = self.unread[:end], self.unread[end:]
+        return seen
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
@@ -160,7 +171,7 @@ async def test_every_way_of_ending_run_removes_its_sandbox(
     os.set_blocking(master, False)
     made: list[Any] = []
     try:
-        await read_until(master, b"started", timeout=120)
+        await Terminal(master).expect(b"started", timeout=120)
         made = await containers_of(docker, proc.pid)
         assert len(made) == 1, made
         if signum == signal.SIGHUP:
@@ -215,12 +226,14 @@ async def test_shell_ctrl_c_interrupts_the_command_and_ctrl_d_leaves(
     made: list[Any] = []
     loop = asyncio.get_running_loop()
 
+    terminal = Terminal(master)
+
     async def typed(keys: bytes, until: bytes, timeout: float = 30) -> bytes:
         os.write(master, keys)
-        return await read_until(master, until, timeout)
+        return await terminal.expect(until, timeout)
 
     try:
-        await read_until(master, b"$ ", timeout=120)
+        await terminal.expect(b"$ ", timeout=120)
         made = await containers_of(docker, proc.pid)
         assert len(made) == 1, made
         await typed(b"echo slee''ping; sleep 30; echo not interrupted\n", b"sleeping")
@@ -234,12 +247,12 @@ async def test_shell_ctrl_c_interrupts_the_command_and_ctrl_d_leaves(
         await typed(b"read word; echo got $word\n", b"\n")
         await typed(b"hello\n", b"got hello")
         # Ctrl-C at the prompt drops the line being typed.
-        await read_until(master, b"$ ", timeout=10)
+        await terminal.expect(b"$ ", timeout=10)
         await typed(b"echo dro''pped", b"pped")
         await typed(b"\x03", b"$ ", timeout=10)
         out = await typed(b"echo fre''sh\n", b"fresh\r\n")
         assert b"dropped" not in out
-        await read_until(master, b"$ ", timeout=10)
+        await terminal.expect(b"$ ", timeout=10)
         os.write(master, b"\x04")  # Ctrl-D at the prompt
         assert await asyncio.wait_for(proc.wait(), 60) == 0
         assert await containers_of_ids(docker, [c.id for c in made]) == []
@@ -251,3 +264,28 @@ async def test_shell_ctrl_c_interrupts_the_command_and_ctrl_d_leaves(
         for container in made:
             with contextlib.suppress(DockerError):
                 await container.delete(force=True)
+
+
+def test_a_root_owned_workspace_given_to_the_sandbox_user_is_said(
+    runtime_image: str, tmp_path: Path
+) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    os.chown(workspace, 0, 0)  # the tests run as root in CI; made explicit here
+    result = cli("run", "--image", runtime_image, "--workspace", str(workspace), "--", "true")
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "note: the workspace was owned by root" in said, result.stderr
+
+
+async def test_docker_runtime_says_what_is_wrong_with_the_workspace(
+    make_config: Any, tmp_path: Path
+) -> None:
+    config = make_config()
+    config.workspace_dir = str(tmp_path / "file")  # after the config's own check
+    (tmp_path / "file").write_text("x")
+    async with EventStream() as stream:
+        runtime = DockerRuntime(stream, config)
+        with pytest.raises(SandboxError, match="is a file, not a directory") as caught:
+            await runtime.connect()
+        assert "Docker engine" not in str(caught.value)
