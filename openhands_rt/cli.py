@@ -10,11 +10,13 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 
 from events import (
     CmdOutputChunk,
@@ -22,17 +24,29 @@ from events import (
     CmdRunAction,
     Event,
     EventStream,
+    Observation,
+    RuntimeStatus,
+    RuntimeStatusObservation,
 )
+from openhands_rt.cli_signals import until_stopped
+from openhands_rt.config import DEFAULT_BASE_IMAGE as SANDBOX_DEFAULT_BASE_IMAGE
 from openhands_rt.config import SandboxConfig
 from openhands_rt.errors import SandboxError
 from openhands_rt.runtime import EventStreamRuntime
 
+if TYPE_CHECKING:
+    from openhands_rt.plugins import PluginRequirement
+
 __all__ = ["DEFAULT_BASE_IMAGE", "main"]
 
-DEFAULT_BASE_IMAGE = os.environ.get("OPENHANDS_RT_BASE_IMAGE", "openhands-rt/base:bookworm")
+#: The base image the commands use: ``$OPENHANDS_RT_BASE_IMAGE``, else SandboxConfig's default.
+DEFAULT_BASE_IMAGE = os.environ.get("OPENHANDS_RT_BASE_IMAGE", SANDBOX_DEFAULT_BASE_IMAGE)
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+
+#: ``run``: the command did not finish within ``--timeout`` (as ``timeout(1)``).
+EXIT_TIMEOUT = 124
 
 
 class CliError(Exception):
@@ -51,21 +65,31 @@ def make_runtime(
     return DockerRuntime(stream, config)
 
 
-def sandbox_config(args: argparse.Namespace, **overrides: object) -> SandboxConfig:
-    from openhands_rt.plugins import ALL_PLUGINS, JupyterRequirement, PluginRequirement
+def plugin_requirements(names: list[str] | None) -> list[PluginRequirement]:
+    """``--plugins`` as requirements; an unknown name is an error (build, run and replay alike)."""
+    from openhands_rt.plugins import (
+        ALL_PLUGINS,
+        JupyterRequirement,
+        PluginRequirement,
+        offered_plugins,
+    )
 
     plugins: list[PluginRequirement] = []
-    for name in getattr(args, "plugins", None) or []:
+    for name in names or []:
         if name == "jupyter":
             plugins.append(JupyterRequirement())
         elif name in ALL_PLUGINS:
             plugins.append(PluginRequirement(name))
         else:
-            raise CliError(f"unknown plugin {name!r}; known: {', '.join(ALL_PLUGINS)}")
+            raise CliError(f"unknown plugin {name!r}; known: {', '.join(offered_plugins())}")
+    return plugins
+
+
+def sandbox_config(args: argparse.Namespace, **overrides: object) -> SandboxConfig:
     kwargs: dict[str, object] = {
         "base_container_image": args.base_image,
         "workspace_dir": args.workspace,
-        "plugins": plugins,
+        "plugins": plugin_requirements(getattr(args, "plugins", None)),
     }
     if getattr(args, "image", None):
         kwargs["runtime_container_image"] = args.image
@@ -77,40 +101,109 @@ def sandbox_config(args: argparse.Namespace, **overrides: object) -> SandboxConf
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
-    command = " ".join(args.command)
-    if not command:
+    from openhands_rt.stdin_relay import (
+        closed_stdin_line,
+        command_line,
+        relay_stdin,
+        relayed_stdin_line,
+        spool_directory,
+    )
+
+    if not args.command:
         raise CliError("nothing to run: give a command after --")
+    line = command_line(args.command)
     stream = EventStream()
     config = sandbox_config(args, timeout=args.timeout, no_change_timeout=args.timeout)
     out = sys.stdout
+    notes = StatusNotes(err_console)
 
     async def show(event: Event) -> None:
         if isinstance(event, CmdOutputChunk):
             out.write(event.data)
             out.flush()
+        else:
+            notes.show(event)
 
     from openhands_rt.progress_view import BuildStatusView
 
-    # The status view subscribes before the runtime starts: the build happens on entry.
-    async with (
-        stream,
-        BuildStatusView(stream, err_console),
-        make_runtime(args, stream, config) as rt,
-    ):
+    async with stream:
         stream.subscribe(show, subscriber_id="cli-run")
-        obs = await rt.run(CmdRunAction(command, blocking=True, timeout=args.timeout))
-        await asyncio.sleep(0)  # let the last chunk reach the printer
-        streamed = any(
-            isinstance(e, CmdOutputChunk) and e.cause == obs.cause for e in stream.iter_events()
-        )
-        if isinstance(obs, CmdOutputObservation):
-            if not streamed:
-                out.write(obs.content)
-                if obs.content and not obs.content.endswith("\n"):
-                    out.write("\n")
-            out.flush()
-            return obs.exit_code if obs.exit_code >= 0 else 124
+        # The status view subscribes before the runtime starts: the build happens on entry.
+        async with BuildStatusView(stream, err_console), make_runtime(args, stream, config) as rt:
+            if args.interactive:
+                spool = spool_directory()
+                action = CmdRunAction(
+                    relayed_stdin_line(line, spool), blocking=True, timeout=args.timeout
+                )
+                obs = await _run_with_stdin(
+                    rt, action, relay_stdin(rt.run, sys.stdin.fileno(), spool)
+                )
+            else:
+                action = CmdRunAction(closed_stdin_line(line), blocking=True, timeout=args.timeout)
+                obs = await rt.run(action)
+            await asyncio.sleep(0)  # let the last chunk reach the printer
+            streamed = any(
+                isinstance(e, CmdOutputChunk) and e.cause == obs.cause for e in stream.iter_events()
+            )
+    if not isinstance(obs, CmdOutputObservation):
         raise CliError(getattr(obs, "content", repr(obs)))
+    if not streamed:
+        out.write(obs.content)
+        if obs.content and not obs.content.endswith("\n"):
+            out.write("\n")
+    out.flush()
+    if obs.exit_code < 0:
+        err_console.print(
+            f"[red]error:[/red] the command did not finish within {args.timeout:g} s "
+            "(--timeout); it was stopped with its sandbox",
+            soft_wrap=True,
+        )
+        return EXIT_TIMEOUT
+    return obs.exit_code
+
+
+async def _run_with_stdin(
+    rt: EventStreamRuntime, action: CmdRunAction, relay: Coroutine[Any, Any, None]
+) -> Observation:
+    """Run ``action`` while ``relay`` passes standard input; a failed relay fails the run."""
+    relaying = asyncio.ensure_future(relay)
+    command = asyncio.ensure_future(rt.run(action))
+    try:
+        pending: set[asyncio.Future[Any]] = {relaying, command}
+        while not command.done():
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if relaying in done and (error := relaying.exception()) is not None:
+                raise error
+        return command.result()
+    finally:
+        # Once the command is done the rest of the input is not read.
+        for task in (relaying, command):
+            task.cancel()
+        await asyncio.gather(relaying, command, return_exceptions=True)
+
+
+class StatusNotes:
+    """Prints what the sandbox reports once it is ready (startup notes, errors) on stderr.
+
+    Before ``ready`` the runtime reports its own progress (building, creating
+    the container): not news to the user. Everything after it comes from the
+    sandbox: the server's startup notes (e.g. a root-owned workspace given to
+    the sandbox user), a plugin that failed, the container dying.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.ready = False
+
+    def show(self, event: Event) -> None:
+        if not isinstance(event, RuntimeStatusObservation):
+            return
+        if event.status is RuntimeStatus.READY:
+            self.ready = True
+        elif self.ready and event.message and event.status is RuntimeStatus.STARTING:
+            self.console.print(f"[yellow]note:[/yellow] {escape(event.message)}", soft_wrap=True)
+        elif self.ready and event.message and event.status is RuntimeStatus.ERROR:
+            self.console.print(f"[red]warning:[/red] {escape(event.message)}", soft_wrap=True)
 
 
 # ---------------------------------------------------------------------- shell
@@ -121,8 +214,15 @@ async def cmd_shell(args: argparse.Namespace) -> int:
 
     stream = EventStream()
     config = sandbox_config(args)
-    async with stream, make_runtime(args, stream, config) as rt:
-        return await interactive_shell(rt, console)
+    notes = StatusNotes(err_console)
+
+    async def show(event: Event) -> None:
+        notes.show(event)
+
+    async with stream:
+        stream.subscribe(show, subscriber_id="cli-notes")
+        async with make_runtime(args, stream, config) as rt:
+            return await interactive_shell(rt, console)
 
 
 # ---------------------------------------------------------------------- demo
@@ -139,12 +239,9 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 
 async def cmd_build(args: argparse.Namespace) -> int:
     from openhands_rt.image import build_runtime_image
-    from openhands_rt.plugins import JupyterRequirement, PluginRequirement
     from openhands_rt.progress_view import BuildProgressView
 
-    plugins: list[PluginRequirement] = [
-        JupyterRequirement() if p == "jupyter" else PluginRequirement(p) for p in args.plugins or []
-    ]
+    plugins = plugin_requirements(args.plugins)
     with BuildProgressView(console) as view:
         result = await build_runtime_image(
             args.base_image, force_rebuild=args.force, plugins=plugins, on_progress=view.update
@@ -217,7 +314,15 @@ def _sandbox_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", default=None, help="use this runtime image as is (no build)")
     p.add_argument("--workspace", default=None, help="host directory mounted at /workspace")
     p.add_argument("--local", action="store_true", help="no container: run the server locally")
-    p.add_argument("--plugins", nargs="*", default=[], help="plugins, e.g. jupyter")
+    _plugins_option(p)
+
+
+def _plugins_option(p: argparse.ArgumentParser) -> None:
+    from openhands_rt.plugins import offered_plugins
+
+    p.add_argument(
+        "--plugins", nargs="*", default=[], help=f"plugins: {', '.join(offered_plugins())}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,8 +339,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run one command in a fresh sandbox, streaming its output")
     _sandbox_options(p)
-    p.add_argument("--timeout", type=float, default=600.0, help="hard timeout, seconds")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND...")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="hard timeout, seconds: the command is stopped and the exit code is 124",
+    )
+    p.add_argument(
+        "-i",
+        "--interactive",
+        action="store_true",
+        help="pass standard input to the command (default: closed, as with docker run)",
+    )
+    p.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        help="-- ARG... (several: one argv, quoted for the shell) or -- 'SHELL LINE'",
+    )
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("shell", help="an interactive line shell into a sandbox")
@@ -245,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build (or find) the runtime image for a base image")
     p.add_argument("--base-image", default=DEFAULT_BASE_IMAGE)
     p.add_argument("--force", action="store_true", help="rebuild from scratch")
-    p.add_argument("--plugins", nargs="*", default=[])
+    _plugins_option(p)
     p.set_defaults(handler=cmd_build)
 
     p = sub.add_parser("base-image", help="base images made without a registry")
@@ -290,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--until", type=int, default=None, metavar="EVENT_ID", help="stop after this event id"
     )
     p.add_argument("--output-log", default=None, help="write the replay to this new durable log")
+    _plugins_option(p)
     p.set_defaults(handler=cmd_replay)
     return parser
 
@@ -316,9 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
     try:
-        return asyncio.run(handler(args))
-    except KeyboardInterrupt:
-        return 130
+        return asyncio.run(until_stopped(handler(args)))
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one's cleanup runs
+        return 128 + signal.SIGINT
     except (CliError, SandboxError, ValueError, OSError) as exc:
         if args.debug:
             raise

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from openhands_rt.plugins import PluginRequirement
 
-__all__ = ["SandboxConfig"]
+__all__ = ["DEFAULT_BASE_IMAGE", "SandboxConfig", "check_workspace_dir"]
+
+#: The one default base image: made offline by ``openhands-rt base-image bootstrap``.
+DEFAULT_BASE_IMAGE = "openhands-rt/base:bookworm"
 
 _NETWORKS = ("bridge", "none")
 
@@ -28,7 +32,7 @@ class SandboxConfig:
     (namespaces, its seccomp profile, no-new-privileges, limits) still holds.
     """
 
-    base_container_image: str = "python:3.12-slim"
+    base_container_image: str = DEFAULT_BASE_IMAGE
     runtime_container_image: str | None = None
     workspace_dir: str | None = None
     timeout: float = 120.0
@@ -64,6 +68,30 @@ class SandboxConfig:
             raise ValueError("SandboxConfig.memory_mb must be >= 6 (Docker's minimum)")
         if self.pids_limit is not None and self.pids_limit < 1:
             raise ValueError("SandboxConfig.pids_limit must be >= 1")
+        if self.workspace_dir is not None:
+            check_workspace_dir(self.workspace_dir)
         for key in self.env:
             if not key or "=" in key or "\x00" in key:
                 raise ValueError(f"SandboxConfig.env has an invalid variable name {key!r}")
+
+
+def check_workspace_dir(path: str) -> None:
+    """Raise ``ValueError`` saying what is wrong when ``path`` cannot be the workspace.
+
+    A missing directory is fine (the runtime makes it); something else in its
+    place, or in the place of one of its parents, is not.
+    """
+    probe = os.path.abspath(path)
+    while True:
+        if os.path.lexists(probe):
+            if not os.path.isdir(probe):
+                what = "its parent " + probe if probe != os.path.abspath(path) else "it"
+                raise ValueError(
+                    f"SandboxConfig.workspace_dir {path!r} is not usable: "
+                    f"{what} is a file, not a directory"
+                )
+            return
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return
+        probe = parent

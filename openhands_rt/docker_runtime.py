@@ -68,7 +68,7 @@ from aiodocker.exceptions import DockerError
 
 from container_server.privileges import renumbered
 from events import EventStream, RuntimeStatus
-from openhands_rt.config import SandboxConfig
+from openhands_rt.config import SandboxConfig, check_workspace_dir
 from openhands_rt.errors import SandboxError, SandboxStartError
 from openhands_rt.plugins import check_plugins
 from openhands_rt.runtime import EventStreamRuntime, SandboxEndpoint
@@ -344,7 +344,12 @@ class DockerRuntime(EventStreamRuntime):
         if self.config.workspace_dir is None:
             return None, None
         path = os.path.abspath(self.config.workspace_dir)
-        os.makedirs(path, exist_ok=True)
+        try:
+            # Checked again here: the config may have been changed, or the file system.
+            check_workspace_dir(path)
+            os.makedirs(path, exist_ok=True)
+        except (ValueError, OSError) as exc:
+            raise SandboxError(f"cannot use the workspace directory {path}: {exc}") from exc
         return path, os.stat(path).st_uid
 
     def _user_id_flag(self, owner_uid: int | None) -> int | None:

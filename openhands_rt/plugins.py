@@ -7,13 +7,17 @@ take part in its lock tag) and the server initializes the named plugins.
 
 ``ALL_PLUGINS`` maps every known plugin name to its class: the built-ins plus
 third-party plugins registered under the ``openhands_rt.plugins`` entry-point
-group.
+group. :func:`offered_plugins` is what is offered to a user (in errors and
+``--help``): every name but those of distributions marked with the keyword
+:data:`TEST_PLUGIN_KEYWORD` (the test suite's plugins, installed with its
+development dependencies; they still work when named).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 
 from container_server.plugin_registry import ENTRY_POINT_GROUP, available_plugins
 from container_server.plugins import Plugin
@@ -21,12 +25,17 @@ from openhands_rt.errors import SandboxError
 
 __all__ = [
     "ALL_PLUGINS",
+    "TEST_PLUGIN_KEYWORD",
     "JupyterRequirement",
     "Plugin",
     "PluginRequirement",
     "UnknownPluginError",
     "check_plugins",
+    "offered_plugins",
 ]
+
+#: A plugin distribution whose metadata has this keyword is for tests: never offered.
+TEST_PLUGIN_KEYWORD = "openhands-rt-test-plugin"
 
 
 @dataclass(frozen=True)
@@ -76,12 +85,22 @@ class UnknownPluginError(SandboxError, ValueError):
     """A plugin name nobody provides."""
 
 
+def offered_plugins() -> list[str]:
+    """The plugin names to offer a user, sorted: all but the test suite's (see above)."""
+    hidden = set()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        fields = (ep.dist.metadata.get_all("Keywords") or []) if ep.dist is not None else []
+        if TEST_PLUGIN_KEYWORD in (k.strip() for f in fields for k in f.split(",")):
+            hidden.add(ep.name)
+    return [name for name in ALL_PLUGINS if name not in hidden]
+
+
 def check_plugins(requirements: list[PluginRequirement]) -> None:
     """Fail before any sandbox starts when a requirement names an unknown plugin."""
     known = set(ALL_PLUGINS)
     for req in requirements:
         if req.name not in known:
             raise UnknownPluginError(
-                f"unknown plugin {req.name!r}; known plugins: {', '.join(sorted(known))} "
+                f"unknown plugin {req.name!r}; known plugins: {', '.join(offered_plugins())} "
                 f"(third-party plugins register under the {ENTRY_POINT_GROUP!r} entry-point group)"
             )

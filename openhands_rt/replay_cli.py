@@ -3,7 +3,7 @@
 ::
 
     openhands-rt replay PATH [--verify] [--base-image IMG | --local] [--workspace DIR]
-                             [--until EVENT_ID] [--output-log FILE]
+                             [--until EVENT_ID] [--output-log FILE] [--plugins NAME...]
     openhands-rt replay PATH --serve
 
 ``PATH`` is an openhands-rt event log or an OpenHands trajectory (told apart
@@ -115,6 +115,12 @@ def _check_options(args: argparse.Namespace) -> int | None:
         raise _UsageError(
             "--serve runs no sandbox: it takes none of --verify, --local, --until, --output-log"
         )
+    from openhands_rt.cli import CliError, plugin_requirements
+
+    try:
+        plugin_requirements(getattr(args, "plugins", None))
+    except CliError as exc:
+        raise _UsageError(str(exc)) from None
     if args.local and getattr(args, "image", None):
         raise _UsageError("--local runs no container: --image does not apply")
     if args.output_log and _holds_data(args.output_log):
@@ -130,15 +136,14 @@ def _holds_data(path: str) -> bool:
 
 
 def _config(args: argparse.Namespace) -> SandboxConfig:
-    base_image = args.base_image
-    if base_image is None:
-        from openhands_rt.cli import DEFAULT_BASE_IMAGE
+    from openhands_rt.cli import DEFAULT_BASE_IMAGE, plugin_requirements
 
-        base_image = DEFAULT_BASE_IMAGE
     return SandboxConfig(
-        base_container_image=base_image,
+        base_container_image=args.base_image or DEFAULT_BASE_IMAGE,
         runtime_container_image=getattr(args, "image", None) or None,
         workspace_dir=args.workspace,
+        # The plugins the session was recorded with (e.g. jupyter for its IPython cells).
+        plugins=plugin_requirements(getattr(args, "plugins", None)),
     )
 
 

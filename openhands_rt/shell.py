@@ -1,70 +1,202 @@
 """``openhands-rt shell``: an interactive line shell over the action channel.
 
-Each line is a ``CmdRunAction``; while a command is still running (soft
-timeout) a line is sent to it as input (``is_input=True``), an empty line asks
-for more output, and Ctrl-C sends ``C-c``. Output streams live as chunks.
+Each line typed at the prompt is a ``CmdRunAction``. The terminal stays in its
+ordinary (canonical) mode, so the kernel echoes and edits the line; Ctrl-C and
+Ctrl-D keep the meaning they have in a local shell:
+
+- **Ctrl-C while a command runs** sends ``C-c`` to the sandbox's shell: its
+  command is interrupted and the prompt comes back; the shell and its sandbox
+  stay. The sandbox runs one bash action at a time, so a command is never
+  awaited as one long action: each action (the command, then "more output?"
+  polls) has a hard timeout of :data:`POLL_SECONDS`, after which the command
+  keeps running and the next action is sent: ``C-c`` after Ctrl-C, a typed line
+  as input to the command (``is_input=True``), ``C-d`` after Ctrl-D, else a poll.
+  So Ctrl-C reaches the command within about :data:`POLL_SECONDS`.
+- **Ctrl-C at the prompt** drops the line being typed (the kernel discards it)
+  and shows a fresh prompt.
+- **Ctrl-D at the prompt** (end of input) leaves the shell with exit code 0.
+
+Output: the command's first action streams live (``CmdOutputChunk``); the
+output of later polls is printed from their observations, because output made
+between two polls reaches no chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import stat
 import sys
+from typing import Literal
 
 from rich.console import Console
+from rich.markup import escape
 
-from events import CmdOutputChunk, CmdOutputObservation, CmdRunAction, Event
+from events import CmdOutputChunk, CmdOutputObservation, CmdRunAction, Event, Observation
+from openhands_rt.cli_signals import intercept_sigint
 from openhands_rt.runtime import EventStreamRuntime
 
-__all__ = ["interactive_shell"]
+__all__ = ["POLL_SECONDS", "interactive_shell"]
+
+#: Hard timeout of each action while a command runs: how soon Ctrl-C reaches it (seconds).
+POLL_SECONDS = 1.0
+_READ_SIZE = 4096
+
+_Kind = Literal["line", "eof", "interrupt"]
 
 
-async def _read_line(prompt: str) -> str | None:
-    def read() -> str | None:
+class _Keyboard:
+    """Lines, end of input and Ctrl-C, in the order the user gave them."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.events: asyncio.Queue[tuple[_Kind, str]] = asyncio.Queue()
+        self._partial = b""
+        self._closed = False
+        self._reader: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if stat.S_ISREG(os.fstat(self.fd).st_mode):
+            # A file cannot be waited on: read it in a worker thread.
+            self._reader = loop.create_task(self._read_file())
+        else:
+            loop.add_reader(self.fd, self._readable)
+
+    def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(self.fd)
+
+    def interrupt(self) -> None:
+        self._partial = b""  # the kernel discarded the line being typed, so do we
+        self.events.put_nowait(("interrupt", ""))
+
+    def _readable(self) -> None:
         try:
-            return input(prompt)
-        except EOFError:
-            return None
+            data = os.read(self.fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self._feed(data)
 
-    return await asyncio.to_thread(read)
+    async def _read_file(self) -> None:
+        while data := await asyncio.to_thread(os.read, self.fd, _READ_SIZE):
+            self._feed(data)
+        self._feed(b"")
+
+    def _feed(self, data: bytes) -> None:
+        if not data:
+            # A terminal: Ctrl-D at the start of a line (it ends the shell); a pipe or a
+            # file: the end. What was typed without a newline is a last line.
+            if self._partial:
+                self._line(self._partial)
+                self._partial = b""
+            if not os.isatty(self.fd):
+                self.stop()
+            self.events.put_nowait(("eof", ""))
+            return
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._line(line)
+
+    def _line(self, raw: bytes) -> None:
+        self.events.put_nowait(("line", raw.decode("utf-8", "replace").rstrip("\r")))
+
+
+class _Printer:
+    """Writes output: the live chunks of one action, or observations' content."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live: set[int] = set()  # actions whose chunks are printed
+        self.streamed: set[int] = set()
+        self._seen = -1
+        self._progress = asyncio.Condition()
+
+    async def on_event(self, event: Event) -> None:
+        if isinstance(event, CmdOutputChunk) and event.cause in self.live:
+            self.streamed.add(event.cause)
+            sys.stdout.write(event.data)
+            sys.stdout.flush()
+        async with self._progress:
+            self._seen = event.id
+            self._progress.notify_all()
+
+    async def caught_up(self, event_id: int) -> None:
+        """Return once every event up to ``event_id`` went through :meth:`on_event`."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._seen >= event_id)
+
+    def observation(self, obs: Observation) -> None:
+        if isinstance(obs, CmdOutputObservation):
+            if obs.cause not in self.streamed and obs.content:
+                text = obs.content
+                sys.stdout.write(text if text.endswith("\n") else text + "\n")
+                sys.stdout.flush()
+            if obs.exit_code > 0 and obs.metadata.suffix.strip():
+                self.console.print(f"[dim]{escape(obs.metadata.suffix.strip())}[/dim]")
+        else:
+            self.console.print(f"[red]{escape(getattr(obs, 'content', repr(obs)))}[/red]")
 
 
 async def interactive_shell(rt: EventStreamRuntime, console: Console) -> int:
-    streamed: set[int] = set()
-
-    async def show(event: Event) -> None:
-        if isinstance(event, CmdOutputChunk):
-            streamed.add(event.cause)
-            sys.stdout.write(event.data)
-            sys.stdout.flush()
-
-    rt.stream.subscribe(show, subscriber_id="shell-printer")
+    """Read lines from standard input and run them in ``rt``'s sandbox; returns the exit code."""
+    printer = _Printer(console)
+    subscription = rt.stream.subscribe(printer.on_event, subscriber_id="shell-printer")
+    keyboard = _Keyboard(sys.stdin.fileno())
+    keyboard.start()
     console.print("[dim]openhands-rt shell — Ctrl-D to leave, Ctrl-C interrupts the command[/dim]")
-    running = False
+    try:
+        with intercept_sigint(keyboard.interrupt):
+            return await _prompt_loop(rt, keyboard, printer)
+    finally:
+        keyboard.stop()
+        subscription.unsubscribe()
+
+
+def _prompt() -> None:
+    sys.stdout.write("$ ")
+    sys.stdout.flush()
+
+
+async def _prompt_loop(rt: EventStreamRuntime, keyboard: _Keyboard, printer: _Printer) -> int:
+    _prompt()
     while True:
-        try:
-            line = await _read_line("… " if running else "$ ")
-        except KeyboardInterrupt:
-            line = "C-c" if running else ""
-            if not running:
-                sys.stdout.write("\n")
-                continue
-        if line is None:
+        kind, text = await keyboard.events.get()
+        if kind == "eof":
+            sys.stdout.write("\n")
             return 0
-        if running and line in ("C-c", "C-d", "C-z"):
-            action = CmdRunAction(line, is_input=True)
-        elif running:
-            action = CmdRunAction(line, is_input=bool(line))
-        elif not line.strip():
-            continue
+        if kind == "line" and text.strip():
+            await _run_command(rt, keyboard, printer, text)
+        elif kind == "interrupt":
+            sys.stdout.write("\n")
+        _prompt()
+
+
+async def _run_command(
+    rt: EventStreamRuntime, keyboard: _Keyboard, printer: _Printer, line: str
+) -> None:
+    # run() appends before it first awaits: the action's id is the stream's length now.
+    printer.live.add(len(rt.stream))
+    obs = await rt.run(CmdRunAction(line, timeout=POLL_SECONDS))
+    await printer.caught_up(obs.id)
+    printer.observation(obs)
+    while isinstance(obs, CmdOutputObservation) and obs.exit_code == -1:
+        # Still running: what the user did meanwhile goes to it, in order.
+        if keyboard.events.empty():
+            action = CmdRunAction("", timeout=POLL_SECONDS)
         else:
-            action = CmdRunAction(line)
+            kind, text = keyboard.events.get_nowait()
+            if kind == "interrupt":
+                action = CmdRunAction("C-c", is_input=True, timeout=POLL_SECONDS)
+            elif kind == "eof":
+                action = CmdRunAction("C-d", is_input=True, timeout=POLL_SECONDS)
+            else:
+                action = CmdRunAction(text, is_input=True, timeout=POLL_SECONDS)
         obs = await rt.run(action)
-        await asyncio.sleep(0)
-        if isinstance(obs, CmdOutputObservation):
-            if obs.cause not in streamed and obs.content:
-                sys.stdout.write(obs.content if obs.content.endswith("\n") else obs.content + "\n")
-            running = obs.exit_code == -1
-            if obs.metadata.suffix.strip():
-                console.print(f"[dim]{obs.metadata.suffix.strip()}[/dim]")
-        else:
-            console.print(f"[red]{getattr(obs, 'content', obs)}[/red]")
+        printer.observation(obs)

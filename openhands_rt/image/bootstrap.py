@@ -19,6 +19,7 @@ from pathlib import Path
 import aiodocker
 import anyio
 
+from openhands_rt.config import DEFAULT_BASE_IMAGE
 from openhands_rt.docker_client import image_exists, import_image, split_image_ref, use_docker
 from openhands_rt.errors import SandboxError
 from openhands_rt.image.progress import ProgressCallback, report, run_reporting
@@ -31,7 +32,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BASE_IMAGE = "openhands-rt/base:bookworm"
 #: bash, coreutils, apt and dpkg are already in minbase (they are Essential).
 DEFAULT_BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 

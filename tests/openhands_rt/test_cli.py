@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from events import (
+    Event,
+    EventSource,
+    EventStream,
+    IPythonRunCellAction,
+    IPythonRunCellObservation,
+    Observation,
+    RuntimeStatusObservation,
+)
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -64,3 +76,69 @@ def test_shell_runs_lines_and_leaves_on_eof() -> None:
     assert result.returncode == 0, result.stderr
     assert "/tmp" in result.stdout
     assert "hello from the shell" in result.stdout
+
+
+# ------------------------------------------------------------ errors say what is wrong (issue 14)
+
+
+def test_a_workspace_that_is_a_file_is_named_as_the_problem(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "notes.txt"
+    not_a_dir.write_text("x")
+    for workspace in (not_a_dir, not_a_dir / "sub"):
+        result = cli("run", "--local", "--workspace", str(workspace), "--", "true")
+        assert result.returncode == 1
+        assert "is a file, not a directory" in result.stderr, result.stderr
+        assert "Docker engine" not in result.stderr
+
+
+def test_unknown_plugins_are_refused_alike_and_test_plugins_are_not_offered(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "session.log"
+    log.write_bytes(b"")
+    commands = {
+        # replay: its own code for unusable options, 2; its messages on standard output
+        ("build",): 1,
+        ("replay", "--local", str(log)): 2,
+        ("run", "--local", "--", "true"): 1,
+    }
+    for command, code in commands.items():
+        tail = command[-2:] if command[0] == "run" else ()
+        head = command[: len(command) - len(tail)]
+        result = cli(*head, "--plugins", "nosuch", *tail, timeout=60)
+        said = " ".join((result.stdout + result.stderr).split())
+        assert result.returncode == code, (command, said)
+        assert "unknown plugin 'nosuch'; known: jupyter" in said
+        assert not {"shout", "broken", "hangs"} & set(said.replace(",", " ").split())
+    help_text = cli("run", "--help").stdout
+    assert "plugins: jupyter" in " ".join(help_text.split())
+    assert "shout" not in help_text
+
+
+def test_timeout_says_why_the_exit_code_is_124() -> None:
+    result = cli("run", "--local", "--timeout", "1", "--", "sleep 20")
+    assert result.returncode == 124
+    assert "did not finish within 1 s (--timeout)" in " ".join(result.stderr.split())
+
+
+def test_replay_takes_the_plugins_the_session_was_recorded_with(tmp_path: Path) -> None:
+    log = tmp_path / "session.log"
+
+    async def record() -> None:
+        async with EventStream(log_path=log) as stream:
+            stream.append(IPythonRunCellAction("print(6 * 7)"), source=EventSource.AGENT)
+
+    asyncio.run(record())
+    replayed = tmp_path / "replayed.log"
+    result = cli(
+        "replay", "--local", "--plugins", "jupyter", "--output-log", str(replayed), str(log)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    async def answers() -> list[Event]:
+        async with EventStream(log_path=replayed) as stream:
+            return [e for e in stream.iter_events() if isinstance(e, Observation)]
+
+    [answer] = [e for e in asyncio.run(answers()) if not isinstance(e, RuntimeStatusObservation)]
+    assert isinstance(answer, IPythonRunCellObservation), answer
+    assert answer.content.startswith("42\n")

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
 from events import EventStream
-from openhands_rt import DockerRuntime, SandboxConfig
+from openhands_rt import DockerRuntime, SandboxConfig, image
+from openhands_rt.config import DEFAULT_BASE_IMAGE
 
 
 def test_defaults_follow_the_api() -> None:
     config = SandboxConfig()
-    assert config.base_container_image == "python:3.12-slim"
+    # One default, the base image that works offline (openhands-rt base-image bootstrap).
+    assert config.base_container_image == "openhands-rt/base:bookworm" == DEFAULT_BASE_IMAGE
+    assert image.DEFAULT_BASE_IMAGE == DEFAULT_BASE_IMAGE
     assert config.timeout == 120.0
     assert config.no_change_timeout == 10.0
     assert config.network == "bridge"
@@ -48,3 +52,12 @@ async def test_auto_restart_comes_from_the_config_unless_given() -> None:
         assert not DockerRuntime(
             stream, SandboxConfig(auto_restart=True), auto_restart=False
         ).auto_restart
+
+
+def test_a_workspace_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"'.*/file' is not usable: it is a file, not a dir"):
+        SandboxConfig(workspace_dir=str(tmp_path / "file"))
+    with pytest.raises(ValueError, match=r"its parent .*/file is a file, not a directory"):
+        SandboxConfig(workspace_dir=str(tmp_path / "file" / "sub"))
+    SandboxConfig(workspace_dir=str(tmp_path / "new" / "sub"))  # made by the runtime

@@ -118,8 +118,8 @@ async def test_unknown_plugin_error_names_the_known_ones() -> None:
     message = str(info.value)
     assert "'shuot'" in message
     known = message.split("known plugins: ", 1)[1]
-    for name in ("broken", "hangs", "jupyter", "shout"):
-        assert name in known
+    # The test suite's own plugins (this one included) are never offered to a user.
+    assert known.split(" (")[0].split(", ") == ["jupyter"]
     assert "openhands_rt.plugins" in message
 
 
