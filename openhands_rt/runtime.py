@@ -79,6 +79,7 @@ class EventStreamRuntime:
         self._closed = False
         self._connected = False
         self._background: set[asyncio.Task[None]] = set()
+        self._failure_watch: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -143,6 +144,10 @@ class EventStreamRuntime:
             self._on_stream_event, subscriber_id=f"runtime-{self.session_id}-{uuid.uuid4().hex[:8]}"
         )
         self._connected = True
+        if self._failure_watch is None:
+            self._failure_watch = asyncio.get_running_loop().create_task(
+                self._watch_stream_failure(), name=f"runtime-{self.session_id}-log-failure"
+            )
         resumed = await self._resume_pending(boundary)
         note = f"; resent {resumed} unanswered action(s)" if resumed else ""
         self.report_status(RuntimeStatus.READY, f"sandbox {self.session_id} is ready{note}")
@@ -173,6 +178,15 @@ class EventStreamRuntime:
             await channel.send(action)
         return len(pending)
 
+    async def _watch_stream_failure(self) -> None:
+        # A durable stream whose log failed takes no more events, so no observation
+        # can ever answer a waiting run(): each gets the log's error instead.
+        error = await self.stream.wait_write_error()
+        logger.error("sandbox %s: the event stream failed: %s", self.session_id, error)
+        for future in self._waiters.values():
+            if not future.done():
+                future.set_exception(self.stream.write_error or error)
+
     async def _stop_quietly(self) -> None:
         try:
             await self._stop_sandbox()
@@ -197,6 +211,11 @@ class EventStreamRuntime:
         if self._closed:
             return
         self._closed = True
+        if self._failure_watch is not None:
+            self._failure_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._failure_watch
+            self._failure_watch = None
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._subscription is not None:
@@ -248,8 +267,12 @@ class EventStreamRuntime:
     def _on_channel_event(self, event: Event) -> None:
         try:
             stored = self.stream.append(event, source=EventSource.ENVIRONMENT)
-        except Exception:
+        except Exception as exc:
             logger.exception("could not append %s to the stream", type(event).__name__)
+            # The caller waiting for this observation hears why it never comes.
+            future = self._waiters.get(event.cause) if event.cause is not None else None
+            if isinstance(event, Observation) and future is not None and not future.done():
+                future.set_exception(exc)
             return
         if isinstance(stored, Observation) and stored.cause is not None:
             future = self._waiters.get(stored.cause)
