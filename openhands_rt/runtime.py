@@ -16,9 +16,10 @@ import asyncio
 import contextlib
 import logging
 import uuid
+import weakref
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from container_server.executor import ACTION_TYPES
 from events import (
@@ -33,7 +34,7 @@ from events import (
 )
 from openhands_rt.channel import ChannelClient
 from openhands_rt.config import SandboxConfig
-from openhands_rt.errors import SandboxClosedError, SandboxError
+from openhands_rt.errors import SandboxClosedError, SandboxError, SessionInUseError
 
 __all__ = ["EventStreamRuntime", "SandboxEndpoint"]
 
@@ -41,6 +42,11 @@ logger = logging.getLogger(__name__)
 
 _RUNNABLE_SOURCES = (EventSource.AGENT, EventSource.USER)
 _R = TypeVar("_R", bound="EventStreamRuntime")
+
+# The runtimes of this process that hold a session id, by (session_scope, session_id).
+_session_owners: weakref.WeakValueDictionary[tuple[str, str], EventStreamRuntime] = (
+    weakref.WeakValueDictionary()
+)
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,19 @@ class SandboxEndpoint:
 
 
 class EventStreamRuntime:
-    """Base class of runtimes; see the module docstring."""
+    """Base class of runtimes; see the module docstring.
+
+    One session id, one owner: from ``connect()`` until ``aclose()`` a runtime
+    holds its session id, and another runtime of the same kind in this process
+    that connects with it is refused with :class:`SessionInUseError` (on
+    another stream it would share the sandbox, on the same one it would answer
+    every action twice). Subclasses whose sandboxes other processes can reach
+    by session id (:class:`~openhands_rt.docker_runtime.DockerRuntime`) also
+    refuse a session held by another process.
+    """
+
+    #: Runtimes with the same scope share the session-id namespace; ``None``: no claim.
+    session_scope: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -116,6 +134,7 @@ class EventStreamRuntime:
             raise SandboxClosedError("this runtime was closed; make a new one")
         if self._connected:
             return
+        self._claim_session()
         self.report_status(RuntimeStatus.STARTING, f"starting sandbox {self.session_id}")
         try:
             endpoint = await self._start_sandbox()
@@ -135,6 +154,7 @@ class EventStreamRuntime:
                 )
                 self.report_status(RuntimeStatus.ERROR, message)
             await self._stop_quietly()
+            self._release_session()
             raise
         self._channel = channel
         # Events before this id are history (scanned for unanswered actions below);
@@ -151,6 +171,28 @@ class EventStreamRuntime:
         resumed = await self._resume_pending(boundary)
         note = f"; resent {resumed} unanswered action(s)" if resumed else ""
         self.report_status(RuntimeStatus.READY, f"sandbox {self.session_id} is ready{note}")
+
+    def _claim_session(self) -> None:
+        if self.session_scope is None:
+            return
+        key = (self.session_scope, self.session_id)
+        owner = _session_owners.get(key)
+        if owner is not None and owner is not self:
+            raise SessionInUseError(
+                f"session {self.session_id!r} is in use by another live runtime in this "
+                f"process ({type(owner).__name__} on {owner.stream!r}); close it first, "
+                "or choose another session id",
+                session_id=self.session_id,
+                owner="this process",
+            )
+        _session_owners[key] = self
+
+    def _release_session(self) -> None:
+        if self.session_scope is None:
+            return
+        key = (self.session_scope, self.session_id)
+        if _session_owners.get(key) is self:
+            del _session_owners[key]
 
     def pending_actions(self, end: int | None = None) -> list[Action]:
         """Runnable agent/user actions (ids below ``end``) that no observation answers yet."""
@@ -229,7 +271,10 @@ class EventStreamRuntime:
             if not future.done():
                 future.set_exception(SandboxClosedError("the runtime was closed"))
         self._waiters.clear()
-        await self._stop_sandbox()
+        try:
+            await self._stop_sandbox()
+        finally:
+            self._release_session()
         self._connected = False
         self.report_status(RuntimeStatus.CLOSED, f"sandbox {self.session_id} closed")
 
