@@ -21,9 +21,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar, TypeVar
 
+import anyio
+
+from container_server.bash_protocol import special_key
 from container_server.executor import ACTION_TYPES
 from events import (
     Action,
+    CmdRunAction,
     Event,
     EventSource,
     EventStream,
@@ -41,6 +45,7 @@ __all__ = ["EventStreamRuntime", "SandboxEndpoint"]
 logger = logging.getLogger(__name__)
 
 _RUNNABLE_SOURCES = (EventSource.AGENT, EventSource.USER)
+_INTERRUPT_GRACE = 5.0
 _R = TypeVar("_R", bound="EventStreamRuntime")
 
 # The runtimes of this process that hold a session id, by (session_scope, session_id).
@@ -74,6 +79,8 @@ class EventStreamRuntime:
 
     #: Runtimes with the same scope share the session-id namespace; ``None``: no claim.
     session_scope: ClassVar[str | None] = None
+    #: How long a cancelled run() waits for its interrupted action's observation, seconds.
+    interrupt_grace: float = _INTERRUPT_GRACE
 
     def __init__(
         self,
@@ -281,7 +288,16 @@ class EventStreamRuntime:
     # ------------------------------------------------------------------ actions
 
     async def run(self, action: Action) -> Observation:
-        """Append ``action`` (source agent), wait for its observation and return it."""
+        """Append ``action`` (source agent), wait for its observation and return it.
+
+        Cancelling the call interrupts what it started before the cancellation
+        completes: for a new shell command, the runtime appends
+        ``CmdRunAction("C-c", is_input=True)`` (source *environment*, its
+        ``thought`` naming the interrupted action), sends it, and waits up to
+        :attr:`interrupt_grace` seconds for the command's observation (exit
+        code 130), so the next action runs at once. A command that ignores
+        ``C-c`` is left running after that grace, as after a timeout.
+        """
         if self._closed or self._channel is None:
             raise SandboxClosedError("the runtime is not connected")
         stored = self.stream.append(action, source=EventSource.AGENT)
@@ -291,9 +307,47 @@ class EventStreamRuntime:
             if isinstance(stored, ACTION_TYPES):
                 self._dispatched.add(stored.id)
                 await self._channel.send(stored)
-            return await future
+            # Not `await future`: cancelling us would cancel the future with us, and the
+            # interrupt below waits for it to be answered.
+            await asyncio.wait([future])
+            return future.result()
+        except asyncio.CancelledError:
+            await self._interrupt(stored, future)
+            raise
         finally:
             self._waiters.pop(stored.id, None)
+
+    async def _interrupt(self, action: Action, answered: asyncio.Future[Observation]) -> None:
+        """Interrupt ``action`` (its run() was cancelled) and wait, bounded, for its answer."""
+        if answered.done() or not _starts_a_command(action):
+            return
+        channel = self._channel
+        if channel is None or self._closed:
+            return
+        # anyio cancels again at every await inside a cancelled scope: shielded, the
+        # interrupt still goes out and the answer is awaited (never past the grace).
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.interrupt_grace):
+            try:
+                interrupt = self.stream.append(
+                    CmdRunAction(
+                        "C-c",
+                        is_input=True,
+                        thought=f"Interrupting action {action.id}: its run() was cancelled.",
+                    ),
+                    source=EventSource.ENVIRONMENT,
+                )
+            except Exception:
+                logger.exception("could not append the interrupt of action %d", action.id)
+                return
+            with contextlib.suppress(SandboxClosedError):
+                await channel.send(interrupt)
+            await asyncio.wait([answered])
+        if not answered.done():
+            logger.warning(
+                "action %d was still running %.1f s after it was interrupted",
+                action.id,
+                self.interrupt_grace,
+            )
 
     async def _on_stream_event(self, event: Event) -> None:
         if not isinstance(event, ACTION_TYPES) or event.source not in _RUNNABLE_SOURCES:
@@ -323,3 +377,13 @@ class EventStreamRuntime:
             future = self._waiters.get(stored.cause)
             if future is not None and not future.done():
                 future.set_result(stored)
+
+
+def _starts_a_command(action: Action) -> bool:
+    """A new shell command (not input to a running one, not a control key)."""
+    return (
+        isinstance(action, CmdRunAction)
+        and not action.is_input
+        and bool(action.command.strip())
+        and special_key(action.command) is None
+    )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
+import anyio
 import pytest
 
-from events import CmdOutputObservation, CmdRunAction, EventStream
+from events import CmdOutputObservation, CmdRunAction, EventSource, EventStream
 from openhands_rt import LocalRuntime, SandboxConfig, SandboxError, SessionInUseError
 
 
@@ -40,3 +42,50 @@ async def test_a_live_session_id_is_refused_in_this_process(tmp_path: Path) -> N
         LocalRuntime(stream3, config(tmp_path), session_id="owned"),
     ):
         pass
+
+
+async def test_cancelling_run_interrupts_the_command(tmp_path: Path) -> None:
+    async with (
+        EventStream() as stream,
+        LocalRuntime(stream, config(tmp_path), session_id="cancel") as rt,
+    ):
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(rt.run(CmdRunAction("sleep 1000", blocking=True)), 1.0)
+        sleep = next(e for e in stream.iter_events() if getattr(e, "command", "") == "sleep 1000")
+        # By the time the cancellation completed, the command was interrupted and answered.
+        answer = next(e for e in stream.iter_events() if e.cause == sleep.id)
+        assert isinstance(answer, CmdOutputObservation)
+        assert answer.exit_code == 130
+        # The interrupt is on the stream, honest about who sent it.
+        interrupt = next(e for e in stream.iter_events() if getattr(e, "command", "") == "C-c")
+        assert isinstance(interrupt, CmdRunAction)
+        assert interrupt.is_input
+        assert interrupt.source == EventSource.ENVIRONMENT
+        assert interrupt.id > sleep.id
+        assert f"action {sleep.id}" in interrupt.thought
+        # The next action runs at once.
+        started = time.monotonic()
+        obs = await asyncio.wait_for(rt.run(CmdRunAction("echo next")), 10)
+        assert isinstance(obs, CmdOutputObservation)
+        assert obs.content.strip() == "next"
+        assert obs.exit_code == 0
+        assert time.monotonic() - started < 5
+
+
+async def test_a_cancelled_task_group_interrupts_its_commands(tmp_path: Path) -> None:
+    async with (
+        EventStream() as stream,
+        LocalRuntime(stream, config(tmp_path), session_id="group") as rt,
+    ):
+        # anyio delivers cancellation again at every await until the scope is left:
+        # the interrupt must still get through and be waited for.
+        with anyio.move_on_after(1.0) as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(rt.run, CmdRunAction("sleep 1000; echo no", blocking=True))
+        assert scope.cancelled_caught
+        obs = await asyncio.wait_for(rt.run(CmdRunAction("echo free")), 10)
+        assert isinstance(obs, CmdOutputObservation)
+        assert obs.content.strip() == "free"
+        assert "no" not in [
+            e.content.strip() for e in stream.iter_events() if isinstance(e, CmdOutputObservation)
+        ]
