@@ -102,6 +102,15 @@ class ActionExecutor:
             )
         return observation
 
+    def interrupt(self, action: RunnableAction) -> bool:
+        """Interrupt ``action`` if it is running in a plugin (an IPython cell); see control.py.
+
+        Shell commands are interrupted with ``C-c`` as input instead.
+        """
+        if isinstance(action, IPythonRunCellAction):
+            return self.plugins.interrupt(action)
+        return False
+
     def _preempting_key(self, action: CmdRunAction) -> bytes | None:
         """The control key of ``action`` if it must reach a command another action waits on."""
         if not self._bash_lock.locked() or not self.bash.is_running:

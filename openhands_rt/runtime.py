@@ -31,6 +31,7 @@ from events import (
     Event,
     EventSource,
     EventStream,
+    IPythonRunCellAction,
     Observation,
     RuntimeStatus,
     RuntimeStatusObservation,
@@ -293,10 +294,13 @@ class EventStreamRuntime:
         Cancelling the call interrupts what it started before the cancellation
         completes: for a new shell command, the runtime appends
         ``CmdRunAction("C-c", is_input=True)`` (source *environment*, its
-        ``thought`` naming the interrupted action), sends it, and waits up to
-        :attr:`interrupt_grace` seconds for the command's observation (exit
-        code 130), so the next action runs at once. A command that ignores
-        ``C-c`` is left running after that grace, as after a timeout.
+        ``thought`` naming the interrupted action) and sends it; for an IPython
+        cell it asks the server to interrupt the kernel (a control frame, see
+        :mod:`container_server.control`; the cell's observation says it was
+        interrupted). Then it waits up to :attr:`interrupt_grace` seconds for
+        the action's observation (exit code 130, ``KeyboardInterrupt``), so the
+        next action runs at once. What ignores the interrupt is left running
+        after that grace, as after a timeout.
         """
         if self._closed or self._channel is None:
             raise SandboxClosedError("the runtime is not connected")
@@ -319,7 +323,8 @@ class EventStreamRuntime:
 
     async def _interrupt(self, action: Action, answered: asyncio.Future[Observation]) -> None:
         """Interrupt ``action`` (its run() was cancelled) and wait, bounded, for its answer."""
-        if answered.done() or not _starts_a_command(action):
+        shell = _starts_a_command(action)
+        if answered.done() or not (shell or isinstance(action, IPythonRunCellAction)):
             return
         channel = self._channel
         if channel is None or self._closed:
@@ -327,6 +332,12 @@ class EventStreamRuntime:
         # anyio cancels again at every await inside a cancelled scope: shielded, the
         # interrupt still goes out and the answer is awaited (never past the grace).
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.interrupt_grace):
+            if not shell:
+                # A kernel interrupt is a control request, not an event: the cell's
+                # observation records it (see container_server.control).
+                await channel.interrupt(action.id)
+                await asyncio.wait([answered])
+                return
             try:
                 interrupt = self.stream.append(
                     CmdRunAction(

@@ -9,8 +9,21 @@ from pathlib import Path
 import anyio
 import pytest
 
-from events import CmdOutputObservation, CmdRunAction, EventSource, EventStream
-from openhands_rt import LocalRuntime, SandboxConfig, SandboxError, SessionInUseError
+from events import (
+    CmdOutputObservation,
+    CmdRunAction,
+    EventSource,
+    EventStream,
+    IPythonRunCellAction,
+    IPythonRunCellObservation,
+)
+from openhands_rt import (
+    JupyterRequirement,
+    LocalRuntime,
+    SandboxConfig,
+    SandboxError,
+    SessionInUseError,
+)
 
 
 def config(workspace: Path) -> SandboxConfig:
@@ -89,3 +102,30 @@ async def test_a_cancelled_task_group_interrupts_its_commands(tmp_path: Path) ->
         assert "no" not in [
             e.content.strip() for e in stream.iter_events() if isinstance(e, CmdOutputObservation)
         ]
+
+
+async def test_cancelling_run_interrupts_the_ipython_cell(tmp_path: Path) -> None:
+    cfg = SandboxConfig(
+        workspace_dir=str(tmp_path / "ws"),
+        plugins=[JupyterRequirement()],
+        env={"HOME": str(tmp_path)},
+        timeout=60.0,
+    )
+    async with EventStream() as stream, LocalRuntime(stream, cfg, session_id="cell") as rt:
+        warm = await asyncio.wait_for(rt.run(IPythonRunCellAction("x = 41")), 30)
+        assert isinstance(warm, IPythonRunCellObservation)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(
+                rt.run(IPythonRunCellAction("import time\nx += 1\ntime.sleep(1000)")), 2.0
+            )
+        cell = next(e for e in stream.iter_events() if "time.sleep(1000)" in getattr(e, "code", ""))
+        answer = next(e for e in stream.iter_events() if e.cause == cell.id)
+        assert isinstance(answer, IPythonRunCellObservation)
+        assert "KeyboardInterrupt" in answer.content
+        assert "interrupted" in answer.content
+        # The kernel kept its state and takes the next cell at once.
+        started = time.monotonic()
+        obs = await asyncio.wait_for(rt.run(IPythonRunCellAction("print(x)")), 10)
+        assert isinstance(obs, IPythonRunCellObservation)
+        assert obs.content.splitlines()[0] == "42"
+        assert time.monotonic() - started < 5
