@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import WSMsgType, web
 
+from container_server.control import ControlDecodeError, decode_control
 from container_server.executor import ACTION_TYPES, ActionExecutor
 from container_server.hub import ChannelHub, ClientState, Outbox
 from container_server.plugins import PluginStatus
@@ -350,6 +351,10 @@ def _handle_frame(state: ServerState, client: ClientState, data: bytes | str) ->
     try:
         event = decode_event(data)
     except EventDecodeError as exc:
+        with contextlib.suppress(ControlDecodeError):
+            request = decode_control(data)
+            state.hub.interrupt(client, request.action_id)
+            return
         detail = str(exc)
         if len(detail) > MAX_ERROR_DETAIL_CHARS:
             half = MAX_ERROR_DETAIL_CHARS // 2

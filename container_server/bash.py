@@ -444,6 +444,21 @@ class BashSession:
             hidden=action.hidden,
         )
 
+    def send_key(self, key: bytes) -> bool:
+        """Type a control key into the running command now, without waiting for the session.
+
+        For an interrupt while another action waits on the command: that
+        action's observation reports how the command ended. False when no
+        command runs or the PTY refused the byte.
+        """
+        if not self._running or self._closed or self._master < 0:
+            return False
+        try:
+            return os.write(self._master, key) == len(key)
+        except OSError as exc:
+            logger.warning("writing a control key to the bash PTY failed: %s", exc)
+            return False
+
     def _refuse(self, action: CmdRunAction) -> CmdOutputObservation:
         """A new command while one runs: not sent; the running one's new output is returned."""
         content = truncated = ""

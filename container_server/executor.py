@@ -1,6 +1,9 @@
 """ActionExecutor: runs one action and returns its observation.
 
-Bash actions are serialised through the one persistent :class:`BashSession`;
+Bash actions are serialised through the one persistent :class:`BashSession`,
+except a control key (``C-c``, ...) sent while another action waits on the
+running command: that key is typed at once (an interrupt must not queue
+behind what it interrupts), and the waiting action reports the outcome;
 file, editor and plugin actions run concurrently with whatever the shell is
 doing (reading a file while a server runs in the foreground must work).
 
@@ -16,11 +19,14 @@ import resource
 from typing import NoReturn
 
 from container_server.bash import BashSession
+from container_server.bash_protocol import special_key
 from container_server.chunks import ChunkCoalescer, ChunkSink
 from container_server.editor import FileEditor
 from container_server.files import read_file, write_file
 from container_server.plugins import PluginHost
 from events import (
+    CmdOutputMetadata,
+    CmdOutputObservation,
     CmdRunAction,
     ErrorObservation,
     FileEditAction,
@@ -98,9 +104,41 @@ class ActionExecutor:
             )
         return observation
 
+    def interrupt(self, action: RunnableAction) -> bool:
+        """Interrupt ``action`` if it is running in a plugin (an IPython cell); see control.py.
+
+        Shell commands are interrupted with ``C-c`` as input instead.
+        """
+        if isinstance(action, IPythonRunCellAction):
+            return self.plugins.interrupt(action)
+        return False
+
+    def _preempting_key(self, action: CmdRunAction) -> bytes | None:
+        """The control key of ``action`` if it must reach a command another action waits on."""
+        if not self._bash_lock.locked() or not self.bash.is_running:
+            return None
+        return special_key(action.command)
+
     async def _dispatch(self, action: RunnableAction, on_chunk: ChunkSink | None) -> Observation:
         cwd = self.bash.cwd
         match action:
+            case CmdRunAction() if (key := self._preempting_key(action)) is not None:
+                # Queued behind the waiting action, the key would arrive only after that
+                # action's timeout: it is typed now, and that action reports the outcome.
+                sent = self.bash.send_key(key)
+                name = action.command.strip()
+                note = (
+                    f"{name} was sent to the running command; the action waiting for it "
+                    "reports how it ended."
+                    if sent
+                    else f"{name} was not sent: no command was running."
+                )
+                return CmdOutputObservation(
+                    "",
+                    command=action.command,
+                    metadata=CmdOutputMetadata(exit_code=-1, suffix=f"\n[{note}]"),
+                    hidden=action.hidden,
+                )
             case CmdRunAction():
                 coalescer = (
                     ChunkCoalescer(action.id, on_chunk, interval=self._chunk_interval)

@@ -111,6 +111,8 @@ class ChannelHub:
         self._max_results = max_results
         self._max_clients = max_clients
         self._clients: OrderedDict[str, ClientState] = OrderedDict()
+        # The running actions by (client id, action id): what an interrupt request targets.
+        self._running: dict[tuple[str, int], RunnableAction] = {}
         self.running_actions = 0
         self.last_activity = time.monotonic()
 
@@ -154,10 +156,24 @@ class ChannelHub:
         if action.id in client.running:
             return  # its result goes to the current connection when it finishes
         client.running.add(action.id)
+        self._running[(client.client_id, action.id)] = action
         self.running_actions += 1
         task = asyncio.get_running_loop().create_task(self._run(client, action))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def interrupt(self, client: ClientState, action_id: int) -> None:
+        """Interrupt ``client``'s running action ``action_id``; its observation says so.
+
+        Nothing happens for an action that is not running (finished, or never
+        sent): the request races the answer by nature.
+        """
+        action = self._running.get((client.client_id, action_id))
+        if action is None:
+            logger.info("interrupt of action %d: it is not running", action_id)
+            return
+        if not self._executor.interrupt(action):
+            logger.info("interrupt of action %d: nothing to interrupt", action_id)
 
     async def aclose(self) -> None:
         """Cancel every running action task and wait for them."""
@@ -181,5 +197,6 @@ class ChannelHub:
             client.send(observation)
         finally:
             client.running.discard(action.id)
+            self._running.pop((client.client_id, action.id), None)
             self.running_actions -= 1
             self.last_activity = time.monotonic()

@@ -118,13 +118,19 @@ class _Deadline:
     """Sentinel in a cell's queue: a deadline passed."""
 
 
+class _Interrupt:
+    """Sentinel in a cell's queue: the client asked to interrupt the cell."""
+
+
 _T = TypeVar("_T")
 
 _EXITED: Final = _Exited()
 _DEADLINE: Final = _Deadline()
+_INTERRUPT: Final = _Interrupt()
+_INTERRUPTED_NOTE: Final = "[The cell was interrupted: the caller cancelled it.]"
 
 _Message = dict[str, object]
-_QueueItem = _Message | _Exited | _Deadline
+_QueueItem = _Message | _Exited | _Deadline | _Interrupt
 
 
 def _parent_id(msg: _Message) -> object:
@@ -399,6 +405,8 @@ class JupyterPlugin(Plugin):
         self._kernel_cwd = ""
         self._lock = asyncio.Lock()
         self._closed = False
+        # The cell running now: its action and its queue (for interrupt()).
+        self._current: tuple[Action, asyncio.Queue[_QueueItem]] | None = None
 
     @property
     def kernel_pid(self) -> int | None:
@@ -499,6 +507,7 @@ class JupyterPlugin(Plugin):
             stop_on_error=False,
         )
         kernel.watch(msg_id, queue)
+        self._current = (action, queue)
         timeout = action.timeout if action.timeout is not None else self._default_timeout
         loop = asyncio.get_running_loop()
         timer = loop.call_later(timeout, queue.put_nowait, _DEADLINE)
@@ -535,6 +544,13 @@ class JupyterPlugin(Plugin):
                     )
                     await self._restart_noting(cwd, notes_after)
                     break
+                elif isinstance(item, _Interrupt):
+                    if not interrupted:
+                        notes_after.append(_INTERRUPTED_NOTE)
+                        interrupted = True
+                        kernel.interrupt()
+                        timer.cancel()
+                        timer = loop.call_later(self._interrupt_grace, queue.put_nowait, _DEADLINE)
                 elif not interrupted:
                     notes_after.append(timeout_note(timeout))
                     interrupted = True
@@ -551,6 +567,7 @@ class JupyterPlugin(Plugin):
                 kernel.interrupt()
             raise
         finally:
+            self._current = None
             timer.cancel()
             kernel.unwatch()
         body = output.render()
@@ -563,6 +580,13 @@ class JupyterPlugin(Plugin):
             notes_after=notes_after,
         )
         return IPythonRunCellObservation(content, action.code, image_urls=output.image_urls)
+
+    def interrupt(self, action: Action) -> bool:
+        current = self._current
+        if current is None or current[0] is not action:
+            return False
+        current[1].put_nowait(_INTERRUPT)
+        return True
 
     async def _restart_noting(self, cwd: str, notes: list[str]) -> None:
         try:

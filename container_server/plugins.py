@@ -41,6 +41,14 @@ class Plugin:
         """Serve one action of a type listed in ``handles``."""
         raise NotImplementedError(f"plugin {self.name!r} does not run actions")
 
+    def interrupt(self, action: Action) -> bool:
+        """Interrupt ``action`` if this plugin is running it now; True if it was.
+
+        The interrupted action still ends with an observation (saying so).
+        Plugins that cannot interrupt keep this default.
+        """
+        return False
+
     async def aclose(self) -> None:
         """Release everything the plugin holds."""
 
@@ -112,6 +120,10 @@ class PluginHost:
                 error_id="plugin_unavailable",
             )
         return await plugin.run(action, cwd=cwd, on_chunk=on_chunk)
+
+    def interrupt(self, action: Action) -> bool:
+        plugin = self.plugin_for(action)
+        return plugin is not None and plugin.interrupt(action)
 
     async def aclose(self) -> None:
         for plugin in reversed(self._ready):

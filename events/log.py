@@ -35,7 +35,8 @@ queues the frame; one writer thread writes everything queued in a single
 ``write`` and ``fdatasync``s it, while new appends queue up for the next
 batch. :meth:`EventLog.flush` waits until every event appended before the
 call is on disk. A write or sync error stops the log for good: the error is
-raised by the pending and every later ``flush``/``append`` and by ``close``;
+raised by the pending and every later ``flush``/``append`` and by ``close``,
+handed to :attr:`EventLog.on_failure` at once (the stream fails its waiters);
 the file is cut back to its last synced size (best effort), so it reopens
 intact with everything that was synced. A process holds an exclusive
 ``flock`` on an open log, so two writers never interleave records.
@@ -273,6 +274,9 @@ class EventLog:
         self._finished = threading.Event()
         self._error: Exception | None = None  # the write error that stopped the log
         self._first_lost_id = -1
+        #: Called once, from the writer thread, with the error when a write or sync
+        #: fails; the owner of the log uses it to fail whoever waits (it must not block).
+        self.on_failure: Callable[[LogWriteError], None] | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -509,6 +513,18 @@ class EventLog:
         logger.error("%s", self._write_error())
         for _, loop, future in waiters:
             _resolve_threadsafe(loop, future, self._write_error())
+        on_failure = self.on_failure
+        if on_failure is not None:
+            try:
+                on_failure(self._write_error())
+            except Exception:
+                logger.exception("the event log's failure callback raised")
+
+    @property
+    def write_error(self) -> LogWriteError | None:
+        """The error that stopped the log (a fresh instance), ``None`` while it works."""
+        with self._cond:
+            return self._write_error() if self._error is not None else None
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -22,6 +22,15 @@ subscriber woken from another thread is woken through
 belong on the thread of the event loop that runs the deliveries (the stream
 binds to the loop of its first subscriber).
 
+A durable stream whose log cannot be written (a full disk, an I/O error)
+fails at once and for good: the append or flush that meets the error raises
+:class:`~events.log.LogWriteError` (naming the file and the OS error), and
+so does every later ``append``/``flush``; ``follow()`` raises it once it has
+yielded what is stored; :meth:`EventStream.wait_write_error` returns it to
+whoever waits on the stream for something that can no longer come (a runtime
+waiting for an observation). Reopening the log after making room gives the
+events that reached the disk. Closing still completes (and raises the error).
+
 Closing: ``aclose()`` (or leaving ``async with``) stops new appends, lets
 every subscriber finish the events appended before the close for up to
 ``drain_timeout`` seconds, cancels those that have not, ends every
@@ -56,7 +65,7 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from events.log import EventLog
+from events.log import EventLog, LogWriteError
 from events.models import Event, EventSource
 from events.secrets import SecretMasker
 
@@ -122,6 +131,14 @@ def _loop_running() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+_FailureWaiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[LogWriteError]"]
+
+
+def _set_error_result(future: asyncio.Future[LogWriteError], error: LogWriteError) -> None:
+    if not future.done():
+        future.set_result(error)
 
 
 def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
@@ -239,12 +256,16 @@ class _Follower:
                     self._budget = _YIELD_EVERY
                     await asyncio.sleep(0)
                 return events[position]
+            if stream._failed:
+                error = stream.write_error
+                assert error is not None
+                raise error
             if stream._closed:
                 raise StopAsyncIteration
             loop = stream._bind_loop()
             waiter: asyncio.Future[None] = loop.create_future()
             stream._waiters.append(waiter)
-            if self._next_id < len(events) or stream._closed:
+            if self._next_id < len(events) or stream._closed or stream._failed:
                 continue
             await waiter
             self._budget = _YIELD_EVERY
@@ -285,6 +306,10 @@ class EventStream:
         self._loop_thread: int | None = None
         self._anonymous_ids = itertools.count()
         self._stream_id = self._log.log_id if self._log is not None else uuid.uuid4().hex
+        self._failed = False
+        self._failure_waiters: list[_FailureWaiter] = []
+        if self._log is not None:
+            self._log.on_failure = self._log_failed
 
     def __repr__(self) -> str:
         where = f"log={self._log.path!r}" if self._log is not None else "in memory"
@@ -313,6 +338,44 @@ class EventStream:
 
     def __len__(self) -> int:
         return len(self._events)
+
+    @property
+    def write_error(self) -> LogWriteError | None:
+        """The error that stopped the durable log; ``None`` while it works (or in memory)."""
+        return self._log.write_error if self._log is not None else None
+
+    async def wait_write_error(self) -> LogWriteError:
+        """Wait until the durable log fails and return its error (at once if it has).
+
+        For code that waits on the stream for events (a runtime waiting for an
+        observation): once the log has failed, no event can be appended any
+        more, so such a wait must end with this error instead. Waits forever
+        for an in-memory stream or a log that keeps working: cancel it.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[LogWriteError] = loop.create_future()
+        entry = (loop, future)
+        with self._lock:
+            error = self.write_error
+            if error is None:
+                self._failure_waiters.append(entry)
+        if error is not None:
+            return error
+        try:
+            return await future
+        finally:
+            with self._lock, contextlib.suppress(ValueError):
+                self._failure_waiters.remove(entry)
+
+    def _log_failed(self, error: LogWriteError) -> None:
+        # Called from the log's writer thread.
+        with self._lock:
+            self._failed = True
+            waiters, self._failure_waiters = self._failure_waiters, []
+        for loop, future in waiters:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_set_error_result, future, error)
+        self._wake()
 
     def get(self, event_id: int) -> Event:
         """The stored event with this id; ``KeyError`` if there is none."""

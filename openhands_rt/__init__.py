@@ -8,6 +8,7 @@ from openhands_rt.errors import (
     SandboxConnectionError,
     SandboxError,
     SandboxStartError,
+    SessionInUseError,
 )
 from openhands_rt.local import LocalRuntime
 from openhands_rt.plugins import ALL_PLUGINS, JupyterRequirement, Plugin, PluginRequirement
@@ -27,4 +28,5 @@ __all__ = [
     "SandboxConnectionError",
     "SandboxError",
     "SandboxStartError",
+    "SessionInUseError",
 ]

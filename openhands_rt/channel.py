@@ -31,6 +31,7 @@ from websockets.asyncio.client import ClientConnection, connect, unix_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from container_server.app import API_KEY_HEADER
+from container_server.control import InterruptRequest, encode_control
 from events import (
     Action,
     CmdOutputChunk,
@@ -188,6 +189,19 @@ class ChannelClient:
         # On a closed connection the read loop reconnects and resends everything pending.
         with contextlib.suppress(ConnectionClosed):
             await ws.send(frame)
+
+    async def interrupt(self, action_id: int) -> None:
+        """Ask the server to interrupt pending action ``action_id`` (a control frame).
+
+        Best effort: on a lost connection the request is dropped (the
+        reconnect resends actions, not interrupts). The action is still
+        answered by its own observation.
+        """
+        ws = self._ws
+        if action_id not in self.pending or ws is None or not self._connected.is_set():
+            return
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(encode_control(InterruptRequest(action_id)))
 
     def _answer_error(self, action_id: int, reason: str) -> None:
         if self.pending.pop(action_id, None) is None:

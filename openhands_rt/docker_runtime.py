@@ -45,6 +45,16 @@ re-numbered to the workspace owner's uid, the image's /etc/passwd and
 /etc/group (read from a never-started container) are rewritten on the host
 and bind-mounted read-only, because the server cannot rewrite them in place.
 See docs/containment.md for what is and is not limited.
+
+One session id, one owner: a runtime holds its sandbox's lease
+(:mod:`openhands_rt.leases`, an ``flock`` in the run directory) from start to
+close, so a second runtime with the same ``session_id`` — in this process or
+another — is refused with :class:`~openhands_rt.errors.SessionInUseError`
+instead of sharing (and, on close, removing) the first one's container.
+Attaching to a ``keep_runtime_alive`` sandbox is the explicit exception: once
+its owner has closed it, a new runtime with its session id takes it over
+(``attached`` is then true) and owns it from then on; its ``config`` decides
+whether closing keeps it or removes it.
 """
 
 from __future__ import annotations
@@ -69,7 +79,8 @@ from aiodocker.exceptions import DockerError
 from container_server.privileges import renumbered
 from events import EventStream, RuntimeStatus
 from openhands_rt.config import SandboxConfig, check_workspace_dir
-from openhands_rt.errors import SandboxError, SandboxStartError
+from openhands_rt.errors import SandboxError, SandboxStartError, SessionInUseError
+from openhands_rt.leases import SessionLease
 from openhands_rt.plugins import check_plugins
 from openhands_rt.runtime import EventStreamRuntime, SandboxEndpoint
 from openhands_rt.sandboxes import (
@@ -138,6 +149,8 @@ class DockerRuntime(EventStreamRuntime):
     ``config.auto_restart``.
     """
 
+    session_scope = "docker"
+
     def __init__(
         self,
         stream: EventStream,
@@ -165,6 +178,7 @@ class DockerRuntime(EventStreamRuntime):
         self.endpoint: SandboxEndpoint | None = None
         self._etc_dir: str | None = None
         self._stopping = False
+        self._lease: SessionLease | None = None
 
     @property
     def container_name(self) -> str:
@@ -254,11 +268,31 @@ class DockerRuntime(EventStreamRuntime):
             )
         return api_key
 
+    def _hold(self, run_dir: str | None) -> None:
+        """Hold the lease of the sandbox whose run directory this is (SessionInUseError)."""
+        if run_dir is None or not os.path.isdir(run_dir):
+            return  # not ours, or its owner is gone and took the directory with it
+        if self._lease is not None and self._lease.run_dir == run_dir:
+            return
+        lease = SessionLease.acquire(
+            run_dir, session_id=self.session_id, sandbox=self.container_name
+        )
+        self._release_lease()
+        self._lease = lease
+
+    def _release_lease(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
+
     async def _attach(self, container: Any) -> SandboxEndpoint | None:
         """Attach to a running container of this session, or clear a dead one away."""
         info = await container.show()
+        # Before anything else: a container another live runtime uses is not touched.
+        self._hold(_run_dir_of(info))
         if not info["State"].get("Running"):
             await container.delete(force=True)
+            self._release_lease()
             return None
         api_key = self._api_key_of(info)
         self.container = container
@@ -293,6 +327,7 @@ class DockerRuntime(EventStreamRuntime):
                 f"{self.container_name} is being removed, so it cannot be started again; "
                 "connect() makes a fresh sandbox"
             )
+        self._hold(_run_dir_of(info))
         api_key = self._api_key_of(info)
         self.container = container
         self._run_dir = _run_dir_of(info)
@@ -543,10 +578,21 @@ class DockerRuntime(EventStreamRuntime):
         docker = self._client()
         api_key = secrets.token_urlsafe(32)
         self._run_dir = await asyncio.to_thread(_make_run_dir, self.session_id, api_key)
+        self._hold(self._run_dir)
         writable = await self._writable_places(image) if self.config.read_only_root else None
         config = self._container_config(image, self._run_dir, writable)
         self.report_status(RuntimeStatus.STARTING, f"creating {self.container_name} from {image}")
-        container = await docker.containers.create(config, name=self.container_name)
+        try:
+            container = await docker.containers.create(config, name=self.container_name)
+        except DockerError as exc:
+            if exc.status == 409:  # another runtime made it between our look and now
+                raise SessionInUseError(
+                    f"session {self.session_id!r} is in use: {self.container_name} was just "
+                    "created by another runtime",
+                    session_id=self.session_id,
+                    owner="",
+                ) from exc
+            raise
         self.container = container
         try:
             await container.start()
@@ -703,6 +749,7 @@ class DockerRuntime(EventStreamRuntime):
             else:
                 await self._remove_container()
         finally:
+            self._release_lease()
             if not self.config.keep_runtime_alive:
                 for directory in (self._run_dir, self._etc_dir):
                     if directory is not None:

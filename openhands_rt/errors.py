@@ -6,6 +6,7 @@ Error tree::
      ├── SandboxBuildError          the runtime image build failed (names its log, quotes the tail)
      ├── SandboxStartError          the sandbox did not become ready (carries the log tail)
      ├── SandboxConnectionError     the action channel to the sandbox is lost or refused
+     ├── SessionInUseError          the session id is held by another live runtime
      └── SandboxClosedError         the runtime was used after close()
 
 Third-party errors (aiodocker, websockets, OSError) are translated at the edge
@@ -20,6 +21,7 @@ __all__ = [
     "SandboxConnectionError",
     "SandboxError",
     "SandboxStartError",
+    "SessionInUseError",
 ]
 
 
@@ -65,3 +67,16 @@ class SandboxConnectionError(SandboxError):
 
 class SandboxClosedError(SandboxError):
     """The runtime was used after it was closed."""
+
+
+class SessionInUseError(SandboxError):
+    """Another live runtime (in this process or another one) holds this session id.
+
+    ``owner`` says who: ``"this process"`` or the owning process as
+    ``host/boot_id/pid/start_time`` (see :func:`openhands_rt.sandboxes.owner_labels`).
+    """
+
+    def __init__(self, message: str, *, session_id: str, owner: str) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        self.owner = owner

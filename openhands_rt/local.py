@@ -36,6 +36,8 @@ _STOP_GRACE_SECONDS = 5.0
 class LocalRuntime(EventStreamRuntime):
     """A runtime whose server is a local subprocess (see the module docstring)."""
 
+    session_scope = "local"
+
     def __init__(
         self,
         stream: EventStream,

@@ -16,16 +16,22 @@ import asyncio
 import contextlib
 import logging
 import uuid
+import weakref
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
+import anyio
+
+from container_server.bash_protocol import special_key
 from container_server.executor import ACTION_TYPES
 from events import (
     Action,
+    CmdRunAction,
     Event,
     EventSource,
     EventStream,
+    IPythonRunCellAction,
     Observation,
     RuntimeStatus,
     RuntimeStatusObservation,
@@ -33,14 +39,20 @@ from events import (
 )
 from openhands_rt.channel import ChannelClient
 from openhands_rt.config import SandboxConfig
-from openhands_rt.errors import SandboxClosedError, SandboxError
+from openhands_rt.errors import SandboxClosedError, SandboxError, SessionInUseError
 
 __all__ = ["EventStreamRuntime", "SandboxEndpoint"]
 
 logger = logging.getLogger(__name__)
 
 _RUNNABLE_SOURCES = (EventSource.AGENT, EventSource.USER)
+_INTERRUPT_GRACE = 5.0
 _R = TypeVar("_R", bound="EventStreamRuntime")
+
+# The runtimes of this process that hold a session id, by (session_scope, session_id).
+_session_owners: weakref.WeakValueDictionary[tuple[str, str], EventStreamRuntime] = (
+    weakref.WeakValueDictionary()
+)
 
 
 @dataclass(frozen=True)
@@ -55,7 +67,21 @@ class SandboxEndpoint:
 
 
 class EventStreamRuntime:
-    """Base class of runtimes; see the module docstring."""
+    """Base class of runtimes; see the module docstring.
+
+    One session id, one owner: from ``connect()`` until ``aclose()`` a runtime
+    holds its session id, and another runtime of the same kind in this process
+    that connects with it is refused with :class:`SessionInUseError` (on
+    another stream it would share the sandbox, on the same one it would answer
+    every action twice). Subclasses whose sandboxes other processes can reach
+    by session id (:class:`~openhands_rt.docker_runtime.DockerRuntime`) also
+    refuse a session held by another process.
+    """
+
+    #: Runtimes with the same scope share the session-id namespace; ``None``: no claim.
+    session_scope: ClassVar[str | None] = None
+    #: How long a cancelled run() waits for its interrupted action's observation, seconds.
+    interrupt_grace: float = _INTERRUPT_GRACE
 
     def __init__(
         self,
@@ -79,6 +105,7 @@ class EventStreamRuntime:
         self._closed = False
         self._connected = False
         self._background: set[asyncio.Task[None]] = set()
+        self._failure_watch: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -115,6 +142,7 @@ class EventStreamRuntime:
             raise SandboxClosedError("this runtime was closed; make a new one")
         if self._connected:
             return
+        self._claim_session()
         self.report_status(RuntimeStatus.STARTING, f"starting sandbox {self.session_id}")
         try:
             endpoint = await self._start_sandbox()
@@ -134,6 +162,7 @@ class EventStreamRuntime:
                 )
                 self.report_status(RuntimeStatus.ERROR, message)
             await self._stop_quietly()
+            self._release_session()
             raise
         self._channel = channel
         # Events before this id are history (scanned for unanswered actions below);
@@ -143,9 +172,35 @@ class EventStreamRuntime:
             self._on_stream_event, subscriber_id=f"runtime-{self.session_id}-{uuid.uuid4().hex[:8]}"
         )
         self._connected = True
+        if self._failure_watch is None:
+            self._failure_watch = asyncio.get_running_loop().create_task(
+                self._watch_stream_failure(), name=f"runtime-{self.session_id}-log-failure"
+            )
         resumed = await self._resume_pending(boundary)
         note = f"; resent {resumed} unanswered action(s)" if resumed else ""
         self.report_status(RuntimeStatus.READY, f"sandbox {self.session_id} is ready{note}")
+
+    def _claim_session(self) -> None:
+        if self.session_scope is None:
+            return
+        key = (self.session_scope, self.session_id)
+        owner = _session_owners.get(key)
+        if owner is not None and owner is not self:
+            raise SessionInUseError(
+                f"session {self.session_id!r} is in use by another live runtime in this "
+                f"process ({type(owner).__name__} on {owner.stream!r}); close it first, "
+                "or choose another session id",
+                session_id=self.session_id,
+                owner="this process",
+            )
+        _session_owners[key] = self
+
+    def _release_session(self) -> None:
+        if self.session_scope is None:
+            return
+        key = (self.session_scope, self.session_id)
+        if _session_owners.get(key) is self:
+            del _session_owners[key]
 
     def pending_actions(self, end: int | None = None) -> list[Action]:
         """Runnable agent/user actions (ids below ``end``) that no observation answers yet."""
@@ -173,6 +228,15 @@ class EventStreamRuntime:
             await channel.send(action)
         return len(pending)
 
+    async def _watch_stream_failure(self) -> None:
+        # A durable stream whose log failed takes no more events, so no observation
+        # can ever answer a waiting run(): each gets the log's error instead.
+        error = await self.stream.wait_write_error()
+        logger.error("sandbox %s: the event stream failed: %s", self.session_id, error)
+        for future in self._waiters.values():
+            if not future.done():
+                future.set_exception(self.stream.write_error or error)
+
     async def _stop_quietly(self) -> None:
         try:
             await self._stop_sandbox()
@@ -197,6 +261,11 @@ class EventStreamRuntime:
         if self._closed:
             return
         self._closed = True
+        if self._failure_watch is not None:
+            self._failure_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._failure_watch
+            self._failure_watch = None
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._subscription is not None:
@@ -210,14 +279,29 @@ class EventStreamRuntime:
             if not future.done():
                 future.set_exception(SandboxClosedError("the runtime was closed"))
         self._waiters.clear()
-        await self._stop_sandbox()
+        try:
+            await self._stop_sandbox()
+        finally:
+            self._release_session()
         self._connected = False
         self.report_status(RuntimeStatus.CLOSED, f"sandbox {self.session_id} closed")
 
     # ------------------------------------------------------------------ actions
 
     async def run(self, action: Action) -> Observation:
-        """Append ``action`` (source agent), wait for its observation and return it."""
+        """Append ``action`` (source agent), wait for its observation and return it.
+
+        Cancelling the call interrupts what it started before the cancellation
+        completes: for a new shell command, the runtime appends
+        ``CmdRunAction("C-c", is_input=True)`` (source *environment*, its
+        ``thought`` naming the interrupted action) and sends it; for an IPython
+        cell it asks the server to interrupt the kernel (a control frame, see
+        :mod:`container_server.control`; the cell's observation says it was
+        interrupted). Then it waits up to :attr:`interrupt_grace` seconds for
+        the action's observation (exit code 130, ``KeyboardInterrupt``), so the
+        next action runs at once. What ignores the interrupt is left running
+        after that grace, as after a timeout.
+        """
         if self._closed or self._channel is None:
             raise SandboxClosedError("the runtime is not connected")
         stored = self.stream.append(action, source=EventSource.AGENT)
@@ -227,9 +311,54 @@ class EventStreamRuntime:
             if isinstance(stored, ACTION_TYPES):
                 self._dispatched.add(stored.id)
                 await self._channel.send(stored)
-            return await future
+            # Not `await future`: cancelling us would cancel the future with us, and the
+            # interrupt below waits for it to be answered.
+            await asyncio.wait([future])
+            return future.result()
+        except asyncio.CancelledError:
+            await self._interrupt(stored, future)
+            raise
         finally:
             self._waiters.pop(stored.id, None)
+
+    async def _interrupt(self, action: Action, answered: asyncio.Future[Observation]) -> None:
+        """Interrupt ``action`` (its run() was cancelled) and wait, bounded, for its answer."""
+        shell = _starts_a_command(action)
+        if answered.done() or not (shell or isinstance(action, IPythonRunCellAction)):
+            return
+        channel = self._channel
+        if channel is None or self._closed:
+            return
+        # anyio cancels again at every await inside a cancelled scope: shielded, the
+        # interrupt still goes out and the answer is awaited (never past the grace).
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.interrupt_grace):
+            if not shell:
+                # A kernel interrupt is a control request, not an event: the cell's
+                # observation records it (see container_server.control).
+                await channel.interrupt(action.id)
+                await asyncio.wait([answered])
+                return
+            try:
+                interrupt = self.stream.append(
+                    CmdRunAction(
+                        "C-c",
+                        is_input=True,
+                        thought=f"Interrupting action {action.id}: its run() was cancelled.",
+                    ),
+                    source=EventSource.ENVIRONMENT,
+                )
+            except Exception:
+                logger.exception("could not append the interrupt of action %d", action.id)
+                return
+            with contextlib.suppress(SandboxClosedError):
+                await channel.send(interrupt)
+            await asyncio.wait([answered])
+        if not answered.done():
+            logger.warning(
+                "action %d was still running %.1f s after it was interrupted",
+                action.id,
+                self.interrupt_grace,
+            )
 
     async def _on_stream_event(self, event: Event) -> None:
         if not isinstance(event, ACTION_TYPES) or event.source not in _RUNNABLE_SOURCES:
@@ -248,10 +377,24 @@ class EventStreamRuntime:
     def _on_channel_event(self, event: Event) -> None:
         try:
             stored = self.stream.append(event, source=EventSource.ENVIRONMENT)
-        except Exception:
+        except Exception as exc:
             logger.exception("could not append %s to the stream", type(event).__name__)
+            # The caller waiting for this observation hears why it never comes.
+            future = self._waiters.get(event.cause) if event.cause is not None else None
+            if isinstance(event, Observation) and future is not None and not future.done():
+                future.set_exception(exc)
             return
         if isinstance(stored, Observation) and stored.cause is not None:
             future = self._waiters.get(stored.cause)
             if future is not None and not future.done():
                 future.set_result(stored)
+
+
+def _starts_a_command(action: Action) -> bool:
+    """A new shell command (not input to a running one, not a control key)."""
+    return (
+        isinstance(action, CmdRunAction)
+        and not action.is_input
+        and bool(action.command.strip())
+        and special_key(action.command) is None
+    )
