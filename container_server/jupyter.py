@@ -47,7 +47,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, Final, TypeVar
 
 import zmq
@@ -87,8 +87,14 @@ app.initialize()
 if _blocked and sys.modules.get("debugpy", 0) is None:
     del sys.modules["debugpy"]
 del _blocked
+# What other plugins give the kernel (e.g. agent_skills' file_editor), in its namespace.
+import os as _os
+exec(compile(_os.environ.pop("OPENHANDS_RT_KERNEL_SETUP", ""), "<plugin setup>", "exec"),
+     app.shell.user_ns)
+del _os
 app.start()
 """
+KERNEL_SETUP_VARIABLE: Final = "OPENHANDS_RT_KERNEL_SETUP"
 _KERNEL_OPTIONS: Final = (
     "--HistoryManager.enabled=False",
     # Tracebacks without colour codes (they are stripped anyway; this saves the work).
@@ -178,7 +184,13 @@ class _Kernel:
 
     @classmethod
     async def start(
-        cls, *, python: str, cwd: str, context: zmq.asyncio.Context, timeout: float
+        cls,
+        *,
+        python: str,
+        cwd: str,
+        context: zmq.asyncio.Context,
+        timeout: float,
+        setup_code: str = "",
     ) -> _Kernel:
         directory = tempfile.mkdtemp(prefix="oh-jupyter-")
         try:
@@ -202,6 +214,7 @@ class _Kernel:
                     connection_file,
                     *_KERNEL_OPTIONS,
                     stdin=asyncio.subprocess.DEVNULL,
+                    env={**os.environ, KERNEL_SETUP_VARIABLE: setup_code},
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=log_fd,
                     cwd=cwd,
@@ -405,8 +418,13 @@ class JupyterPlugin(Plugin):
         self._kernel_cwd = ""
         self._lock = asyncio.Lock()
         self._closed = False
+        # Code other plugins run in every kernel this plugin starts (see use_peers).
+        self._setup_code = ""
         # The cell running now: its action and its queue (for interrupt()).
         self._current: tuple[Action, asyncio.Queue[_QueueItem]] | None = None
+
+    def use_peers(self, plugins: Sequence[Plugin]) -> None:
+        self._setup_code = "\n".join(p.kernel_setup for p in plugins if p.kernel_setup)
 
     @property
     def kernel_pid(self) -> int | None:
@@ -432,6 +450,7 @@ class JupyterPlugin(Plugin):
             cwd=cwd,
             context=self._context,
             timeout=self._start_timeout,
+            setup_code=self._setup_code,
         )
         self._kernel = kernel
         self._kernel_cwd = cwd

@@ -30,6 +30,7 @@ ENTRY_POINT_GROUP = "openhands_rt.plugins"
 # needed in sandboxes that ask for it.
 BUILTIN_PLUGINS: dict[str, str] = {
     "jupyter": "container_server.jupyter:JupyterPlugin",
+    "agent_skills": "container_server.agent_skills:AgentSkillsPlugin",
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar
 
 from events import Action, CmdOutputChunk, ErrorObservation, Observation
@@ -31,6 +31,12 @@ class Plugin:
 
     name: ClassVar[str] = ""
     handles: ClassVar[tuple[type[Action], ...]] = ()
+    #: Python code run in the namespace of every IPython kernel (e.g. helper functions
+    #: for cells); the Jupyter plugin runs it at each kernel start.
+    kernel_setup: ClassVar[str] = ""
+
+    def use_peers(self, plugins: Sequence[Plugin]) -> None:
+        """Called by the host, before :meth:`initialize`, with every plugin loaded."""
 
     async def initialize(self, username: str | None, *, working_dir: str = ".") -> None:
         """Prepare the plugin (start processes, warm caches). Called once, at server start."""
@@ -70,6 +76,8 @@ class PluginHost:
     def __init__(self, plugins: Iterable[Plugin] = (), *, init_timeout: float = 30.0) -> None:
         self._plugins = list(plugins)
         self._init_timeout = init_timeout
+        for plugin in self._plugins:
+            plugin.use_peers(self._plugins)
         self._ready: list[Plugin] = []
         self.statuses: dict[str, PluginStatus] = {}
 

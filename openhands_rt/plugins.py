@@ -26,6 +26,7 @@ from openhands_rt.errors import SandboxError
 __all__ = [
     "ALL_PLUGINS",
     "TEST_PLUGIN_KEYWORD",
+    "AgentSkillsRequirement",
     "JupyterRequirement",
     "Plugin",
     "PluginRequirement",
@@ -52,6 +53,16 @@ class JupyterRequirement(PluginRequirement):
 
     name: str = "jupyter"
     requirements: tuple[str, ...] = field(default=("jupyter_client", "ipykernel"))
+
+
+@dataclass(frozen=True)
+class AgentSkillsRequirement(PluginRequirement):
+    """OpenHands' agent-skills: ``file_editor(**kwargs)`` in the IPython kernel.
+
+    Needs :class:`JupyterRequirement` too (the kernel); installs nothing more.
+    """
+
+    name: str = "agent_skills"
 
 
 class _PluginRegistry(Mapping[str, type[Plugin]]):

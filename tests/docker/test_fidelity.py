@@ -7,6 +7,7 @@ prints (see docs/compat.md for what matches and what differs on purpose).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -20,8 +21,18 @@ from events import (
     EventStream,
     FileEditAction,
     FileEditObservation,
+    IPythonRunCellAction,
+    IPythonRunCellObservation,
 )
-from openhands_rt import DockerRuntime, EventStreamRuntime, LocalRuntime, SandboxConfig
+from openhands_rt import (
+    DockerRuntime,
+    EventStreamRuntime,
+    JupyterRequirement,
+    LocalRuntime,
+    SandboxConfig,
+)
+from openhands_rt.image import build_runtime_image
+from openhands_rt.plugins import AgentSkillsRequirement
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -144,3 +155,56 @@ async def test_several_commands_run_where_the_sandbox_allows_them(
         obs = await runtime.run(CmdRunAction("echo one\necho two"))
         assert isinstance(obs, CmdOutputObservation), obs
         assert obs.content == "one\ntwo"
+
+
+SKILLS = [JupyterRequirement(), AgentSkillsRequirement()]
+
+
+@pytest.fixture(params=RUNTIMES)
+def make_skills_runtime(
+    request: pytest.FixtureRequest, tmp_path: Path, test_labels: dict[str, str]
+) -> RuntimeFactory:
+    """Runtimes with the jupyter and agent_skills plugins (Docker: an image built with them)."""
+    if request.param == "local":
+        config = SandboxConfig(workspace_dir=str(tmp_path), plugins=list(SKILLS))
+        return lambda stream: LocalRuntime(stream, config, session_id=session_id())
+    base_image: str = request.getfixturevalue("base_image")
+    repository: str = request.getfixturevalue("test_repository")
+    built = asyncio.run(
+        build_runtime_image(base_image, repository=repository, labels=test_labels, plugins=SKILLS)
+    )
+    make_config: ConfigFactory = request.getfixturevalue("make_config")
+    docker_config = make_config(runtime_container_image=built.image, plugins=list(SKILLS))
+    return lambda stream: DockerRuntime(stream, docker_config, session_id=session_id())
+
+
+async def test_agent_skills_file_editor_in_ipython(
+    make_skills_runtime: RuntimeFactory, stream: EventStream
+) -> None:
+    """OpenHands' trajectories call ``print(file_editor(**{...}))`` from IPython cells."""
+    async with make_skills_runtime(stream) as runtime:
+        workspace = await cd_workspace(runtime)
+        path = f"{workspace}/skills.py"
+        cells = [
+            (
+                f"print(file_editor(**{{'command': 'create', 'path': {path!r}, "
+                "'file_text': 'a = 1\\nb = 2\\n'}))",
+                f"File created successfully at: {path}",
+            ),
+            (
+                f"print(file_editor(**{{'command': 'str_replace', 'path': {path!r}, "
+                "'old_str': 'b = 2', 'new_str': 'b = 3'}))",
+                f"The file {path} has been edited.",
+            ),
+            (
+                f"print(file_editor(**{{'command': 'create', 'path': {path + '.new'!r}}}))",
+                "ERROR:\nParameter `file_text` is required for command: create.",
+            ),
+        ]
+        for code, expected in cells:
+            obs = await runtime.run(IPythonRunCellAction(code))
+            assert isinstance(obs, IPythonRunCellObservation), obs
+            assert obs.content.startswith(expected), (code, obs.content)
+        view = await runtime.run(FileEditAction(path, "view"))
+        assert isinstance(view, FileEditObservation)
+        assert "b = 3" in view.content
