@@ -17,9 +17,11 @@ from container_server.plugins import Plugin, PluginHost
 __all__ = [
     "BUILTIN_PLUGINS",
     "ENTRY_POINT_GROUP",
+    "TEST_PLUGIN_KEYWORD",
     "UnknownPluginError",
     "available_plugins",
     "load_plugins",
+    "offered_plugin_names",
 ]
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,20 @@ BUILTIN_PLUGINS: dict[str, str] = {
 
 class UnknownPluginError(ValueError):
     """A plugin name that neither the built-ins nor an entry point provide."""
+
+
+#: A plugin distribution whose metadata has this keyword is for tests: never offered.
+TEST_PLUGIN_KEYWORD = "openhands-rt-test-plugin"
+
+
+def offered_plugin_names() -> list[str]:
+    """The plugin names to offer a user, sorted: all but the test suite's."""
+    hidden = set()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        fields = (ep.dist.metadata.get_all("Keywords") or []) if ep.dist is not None else []
+        if TEST_PLUGIN_KEYWORD in (k.strip() for f in fields for k in f.split(",")):
+            hidden.add(ep.name)
+    return sorted(name for name in available_plugins() if name not in hidden)
 
 
 def available_plugins() -> dict[str, str]:
@@ -61,7 +77,8 @@ def load_plugins(names: Iterable[str], *, init_timeout: float = 60.0) -> PluginH
         target = known.get(name)
         if target is None:
             raise UnknownPluginError(
-                f"unknown plugin {name!r}; known plugins: {', '.join(sorted(known)) or 'none'}"
+                f"unknown plugin {name!r}; "
+                f"known plugins: {', '.join(offered_plugin_names()) or 'none'}"
             )
         plugins.append(_load_class(target)())
     return PluginHost(plugins, init_timeout=init_timeout)

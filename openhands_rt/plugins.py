@@ -17,9 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 
-from container_server.plugin_registry import ENTRY_POINT_GROUP, available_plugins
+from container_server.plugin_registry import (
+    ENTRY_POINT_GROUP,
+    TEST_PLUGIN_KEYWORD,
+    available_plugins,
+    offered_plugin_names,
+)
 from container_server.plugins import Plugin
 from openhands_rt.errors import SandboxError
 
@@ -34,9 +38,6 @@ __all__ = [
     "check_plugins",
     "offered_plugins",
 ]
-
-#: A plugin distribution whose metadata has this keyword is for tests: never offered.
-TEST_PLUGIN_KEYWORD = "openhands-rt-test-plugin"
 
 
 @dataclass(frozen=True)
@@ -98,12 +99,7 @@ class UnknownPluginError(SandboxError, ValueError):
 
 def offered_plugins() -> list[str]:
     """The plugin names to offer a user, sorted: all but the test suite's (see above)."""
-    hidden = set()
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        fields = (ep.dist.metadata.get_all("Keywords") or []) if ep.dist is not None else []
-        if TEST_PLUGIN_KEYWORD in (k.strip() for f in fields for k in f.split(",")):
-            hidden.add(ep.name)
-    return [name for name in ALL_PLUGINS if name not in hidden]
+    return offered_plugin_names()
 
 
 def check_plugins(requirements: list[PluginRequirement]) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from container_server.plugin_registry import UnknownPluginError as ContainerUnknownPluginError
+from container_server.plugin_registry import load_plugins
 from container_server.plugins import Plugin
 from events import (
     CmdOutputObservation,
@@ -119,8 +121,17 @@ async def test_unknown_plugin_error_names_the_known_ones() -> None:
     assert "'shuot'" in message
     known = message.split("known plugins: ", 1)[1]
     # The test suite's own plugins (this one included) are never offered to a user.
-    assert known.split(" (")[0].split(", ") == ["jupyter"]
+    assert known.split(" (")[0].split(", ") == ["agent_skills", "jupyter"]
     assert "openhands_rt.plugins" in message
+
+
+def test_the_sandbox_side_offers_no_test_plugin_either() -> None:
+    with pytest.raises(ContainerUnknownPluginError) as info:
+        load_plugins(["shuot"])
+    known = str(info.value).split("known plugins: ", 1)[1]
+    assert known.split(", ") == ["agent_skills", "jupyter"]
+    # ... while a test plugin named explicitly still loads (the suite's plugin tests).
+    assert load_plugins(["shout"]).names == ["shout"]
 
 
 # --- a third-party plugin --------------------------------------------------------------
@@ -255,3 +266,13 @@ async def test_jupyter_png_arrives_as_data_url(jupyter: LocalRuntime) -> None:
     assert obs.image_urls[0].startswith(prefix)
     assert base64.b64decode(obs.image_urls[0][len(prefix) :], validate=True) == png
     assert obs.content.startswith("<IPython.core.display.Image object>\n")
+
+
+async def test_agent_skills_needs_the_jupyter_plugin() -> None:
+    from container_server.agent_skills import AgentSkillsPlugin
+    from container_server.plugins import PluginHost
+
+    alone = PluginHost([AgentSkillsPlugin()])
+    (status,) = await alone.initialize(None, working_dir=".")
+    assert not status.ready
+    assert "add the jupyter plugin" in status.error
