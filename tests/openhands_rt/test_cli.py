@@ -108,10 +108,10 @@ def test_unknown_plugins_are_refused_alike_and_test_plugins_are_not_offered(
         result = cli(*head, "--plugins", "nosuch", *tail, timeout=60)
         said = " ".join((result.stdout + result.stderr).split())
         assert result.returncode == code, (command, said)
-        assert "unknown plugin 'nosuch'; known: jupyter" in said
+        assert "unknown plugin 'nosuch'; known: agent_skills, jupyter" in said
         assert not {"shout", "broken", "hangs"} & set(said.replace(",", " ").split())
     help_text = cli("run", "--help").stdout
-    assert "plugins: jupyter" in " ".join(help_text.split())
+    assert "plugins: agent_skills, jupyter" in " ".join(help_text.split())
     assert "shout" not in help_text
 
 
