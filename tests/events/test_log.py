@@ -19,8 +19,11 @@ from events import (
     CmdOutputMetadata,
     CmdOutputObservation,
     CmdRunAction,
+    ErrorObservation,
     Event,
+    EventSource,
     EventStream,
+    decode_event,
     encode_event,
 )
 from events.log import (
@@ -381,3 +384,37 @@ async def test_event_log_checks_ids_and_refuses_appends_after_close(tmp_path: Pa
         log.append(CmdRunAction(command="y", id=1))
     await log.aclose()  # idempotent
     assert [e.id for e in read_log(tmp_path / "events.log")] == [0]
+
+
+# --------------------------------------------------------------------------- golden binary log
+
+DATA = Path(__file__).parents[1] / "data"
+GOLDEN_BINARY_LOG = DATA / "golden_log_v1.ohrtlog"
+GOLDEN_BINARY_LOG_SHA256 = "4ace8c1a77b50cd09ad7f9f0e8edc4382e080539557d93fa76cb8758452cb635"
+
+
+def test_golden_binary_log_is_unchanged() -> None:
+    """Written once by the format-1 writer; never rewritten (a later version must read it)."""
+    assert hashlib.sha256(GOLDEN_BINARY_LOG.read_bytes()).hexdigest() == GOLDEN_BINARY_LOG_SHA256
+
+
+def test_golden_binary_log_still_reads_to_the_golden_events() -> None:
+    """Every later version must open a log today's format wrote: the same 20 events."""
+    expected = [
+        decode_event(line) for line in (DATA / "golden_events_v1.jsonl").read_bytes().splitlines()
+    ]
+    events = read_log(GOLDEN_BINARY_LOG)
+    assert events == expected[:20]
+    assert [event.id for event in events] == list(range(20))
+
+
+async def test_golden_binary_log_reopens_and_continues(tmp_path: Path) -> None:
+    copy = tmp_path / "golden.log"
+    copy.write_bytes(GOLDEN_BINARY_LOG.read_bytes())
+    log_id = GOLDEN_BINARY_LOG.read_bytes()[len(MAGIC) + 4 : len(MAGIC) + 20].hex()
+    async with EventStream(log_path=copy) as stream:
+        assert len(stream) == 20
+        assert stream.stream_id == log_id
+        stored = stream.append(ErrorObservation("after"), source=EventSource.ENVIRONMENT)
+        assert stored.id == 20
+    assert [event.id for event in read_log(copy)] == list(range(21))
