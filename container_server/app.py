@@ -50,13 +50,13 @@ from events import (
     decode_event,
     encode_event,
 )
+from events.wire import API_KEY_HEADER, CHANNEL_PATH, CLIENT_ID_PARAM, MAX_FRAME_BYTES, ErrorId
 
 __all__ = ["API_KEY_HEADER", "ServerSettings", "create_app"]
 
 logger = logging.getLogger(__name__)
 
-API_KEY_HEADER = "X-Session-API-Key"
-DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_FRAME_BYTES = MAX_FRAME_BYTES
 #: A frame-level error quotes at most this much of the decoder's message (which can quote
 #: the offending input, e.g. a megabyte-long unknown tag).
 MAX_ERROR_DETAIL_CHARS = 500
@@ -318,7 +318,7 @@ def _encode_bounded(event: Event, max_bytes: int) -> bytes:
         ErrorObservation(
             f"The {type(event).__name__} is {len(frame)} bytes encoded, over the channel's "
             f"{max_bytes}-byte frame limit; read the file in ranges or download it instead.",
-            error_id="observation_too_large",
+            error_id=ErrorId.OBSERVATION_TOO_LARGE,
             cause=event.cause,
         )
     )
@@ -359,13 +359,13 @@ def _handle_frame(state: ServerState, client: ClientState, data: bytes | str) ->
         if len(detail) > MAX_ERROR_DETAIL_CHARS:
             half = MAX_ERROR_DETAIL_CHARS // 2
             detail = f"{detail[:half]} ... {detail[-half:]}"
-        client.send(ErrorObservation(f"Bad frame: {detail}", error_id="bad_frame"))
+        client.send(ErrorObservation(f"Bad frame: {detail}", error_id=ErrorId.BAD_FRAME))
         return
     if not isinstance(event, ACTION_TYPES):
         client.send(
             ErrorObservation(
                 f"Not an action: {type(event).__name__} cannot be run",
-                error_id="not_an_action",
+                error_id=ErrorId.NOT_AN_ACTION,
                 cause=event.id if event.id >= 0 else None,
             )
         )
@@ -374,7 +374,7 @@ def _handle_frame(state: ServerState, client: ClientState, data: bytes | str) ->
         client.send(
             ErrorObservation(
                 "Action has no id: append it to a stream (or set id) before sending",
-                error_id="missing_action_id",
+                error_id=ErrorId.MISSING_ACTION_ID,
             )
         )
         return
@@ -383,7 +383,7 @@ def _handle_frame(state: ServerState, client: ClientState, data: bytes | str) ->
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    client_id = request.query.get("client_id") or "anonymous"
+    client_id = request.query.get(CLIENT_ID_PARAM) or "anonymous"
     if len(client_id) > 200:
         raise web.HTTPBadRequest(text="client_id too long")
     await state.ready.wait()
@@ -480,7 +480,7 @@ def create_app(settings: ServerSettings, executor: ActionExecutor | None = None)
     )
     app[STATE] = ServerState(settings=settings, executor=executor, hub=hub)
     app.router.add_get("/alive", alive)
-    app.router.add_get("/ws", websocket)
+    app.router.add_get(CHANNEL_PATH, websocket)
     app.router.add_get("/server_info", server_info)
     app.router.add_post("/upload", upload)
     app.router.add_get("/download", download)

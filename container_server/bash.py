@@ -85,6 +85,7 @@ from container_server.bash_split import multiple_commands_error, split_commands
 from container_server.privileges import child_credentials
 from container_server.truncate import LastLinesBuffer
 from events import CmdOutputMetadata, CmdOutputObservation, CmdRunAction, ErrorObservation
+from events.wire import ErrorId
 
 __all__ = ["BashSession", "BashStartError"]
 
@@ -328,7 +329,7 @@ class BashSession:
         """Run (or continue, or type into) a command; see the module docstring."""
         if self._closed or self._proc is None:
             return ErrorObservation(
-                "ERROR: The bash session is not running.", error_id="bash_session_closed"
+                "ERROR: The bash session is not running.", error_id=ErrorId.BASH_SESSION_CLOSED
             )
         stripped = action.command.strip()
         key = special_key(stripped)
@@ -338,7 +339,7 @@ class BashSession:
             if len(commands) > 1:
                 # OpenHands' answer: agents trained on it chain commands instead.
                 return ErrorObservation(
-                    multiple_commands_error(commands), error_id="multiple_commands"
+                    multiple_commands_error(commands), error_id=ErrorId.MULTIPLE_COMMANDS
                 )
         if is_new_command and self._running and self._exited_status is None:
             return self._refuse(action)
@@ -356,7 +357,7 @@ class BashSession:
                 note = await self._restart()
             if self._is_closed():
                 return ErrorObservation(
-                    "ERROR: The bash session was closed.", error_id="bash_session_closed"
+                    "ERROR: The bash session was closed.", error_id=ErrorId.BASH_SESSION_CLOSED
                 )
             if is_new_command and self._running:
                 return self._refuse(action)
@@ -486,7 +487,7 @@ class BashSession:
         if self._closed:
             return ErrorObservation(
                 "ERROR: The bash session was closed while the command ran.",
-                error_id="bash_session_closed",
+                error_id=ErrorId.BASH_SESSION_CLOSED,
             )
         note = await self._restart()
         return CmdOutputObservation(

@@ -13,7 +13,7 @@ agent trained on OpenHands reads the same words:
 - ``undo_edit``: restores the bytes the file had before the last
   ``str_replace``/``insert``/``undo``-able edit made by this editor.
 
-Failures are :class:`ErrorObservation`s with ``error_id="editor_error"`` and
+Failures are :class:`ErrorObservation`s with ``error_id=ErrorId.EDITOR_ERROR`` and
 the content OpenHands' server gives its agents: ``"ERROR:\\n"`` + the
 editor's message.
 
@@ -60,6 +60,7 @@ from container_server.files import (
     write_in_place,
 )
 from events import ErrorObservation, FileEditAction, FileEditObservation
+from events.wire import ErrorId
 
 __all__ = [
     "DEFAULT_MAX_FILE_BYTES",
@@ -73,7 +74,7 @@ __all__ = [
     "unified_diff",
 ]
 
-EDITOR_ERROR_ID: Final = "editor_error"
+EDITOR_ERROR_ID: Final = ErrorId.EDITOR_ERROR
 DEFAULT_MAX_FILE_BYTES: Final = 10 * 1024 * 1024
 #: Lines shown around an edit in the result snippet.
 SNIPPET_CONTEXT_LINES: Final = 4

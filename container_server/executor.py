@@ -35,6 +35,7 @@ from events import (
     IPythonRunCellAction,
     Observation,
 )
+from events.wire import ErrorId
 
 __all__ = ["ACTION_TYPES", "ActionExecutor", "RunnableAction"]
 
@@ -100,7 +101,7 @@ class ActionExecutor:
             logger.exception("action %s (%s) failed", action.id, type(action).__name__)
             observation = ErrorObservation(
                 f"The runtime failed to run {type(action).__name__}: {type(exc).__name__}: {exc}",
-                error_id="internal_error",
+                error_id=ErrorId.INTERNAL_ERROR,
             )
         return observation
 

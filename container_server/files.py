@@ -43,6 +43,7 @@ from events import (
     FileWriteAction,
     FileWriteObservation,
 )
+from events.wire import ErrorId
 
 __all__ = [
     "DEFAULT_MAX_READ_BYTES",
@@ -173,19 +174,21 @@ def _open_for_read(path: str) -> int:
     except (FileNotFoundError, NotADirectoryError):
         raise _not_found(path) from None
     except PermissionError as exc:
-        raise ReadError(f"Permission error on {path}: {exc}", "permission_denied") from None
+        raise ReadError(f"Permission error on {path}: {exc}", ErrorId.PERMISSION_DENIED) from None
     except OSError as exc:
-        raise ReadError(f"Could not open {path}: {exc}", "file_read_error") from None
+        raise ReadError(f"Could not open {path}: {exc}", ErrorId.FILE_READ_ERROR) from None
 
 
 def _not_found(path: str) -> ReadError:
     # The cwd part of OpenHands' text is added by the caller, which knows it.
-    return ReadError(f"File not found: {path}.", "file_not_found")
+    return ReadError(f"File not found: {path}.", ErrorId.FILE_NOT_FOUND)
 
 
 def _check_regular(path: str, st: os.stat_result) -> None:
     if stat.S_ISDIR(st.st_mode):
-        raise ReadError(f"Path is a directory: {path}. You can only read files", "is_a_directory")
+        raise ReadError(
+            f"Path is a directory: {path}. You can only read files", ErrorId.IS_A_DIRECTORY
+        )
     if not stat.S_ISREG(st.st_mode):
         raise ReadError(
             f"Path is not a regular file: {path}. You can only read regular files",
@@ -200,7 +203,8 @@ def _nul_message(path: str) -> str:
 def _binary_error(path: str) -> ReadError:
     # OpenHands answers the bare token ERROR_BINARY_FILE, which its UI matches on.
     return ReadError(
-        f"ERROR_BINARY_FILE: {path} is a binary file and cannot be read as text.", "binary_file"
+        f"ERROR_BINARY_FILE: {path} is a binary file and cannot be read as text.",
+        ErrorId.BINARY_FILE,
     )
 
 
@@ -278,7 +282,7 @@ async def read_file(
 ) -> FileReadObservation | ErrorObservation:
     """Read ``action.path`` (relative to ``cwd``); never raises for file problems."""
     if "\x00" in action.path:
-        return ErrorObservation(_nul_message(action.path), error_id="invalid_path")
+        return ErrorObservation(_nul_message(action.path), error_id=ErrorId.INVALID_PATH)
     path = resolve_path(action.path, cwd)
     bounds = _line_bounds(action)
     try:
@@ -287,11 +291,11 @@ async def read_file(
             content = await anyio.to_thread.run_sync(_read_sync, path, bounds, max_bytes)
     except ReadError as exc:
         message = exc.message
-        if exc.error_id == "file_not_found":
+        if exc.error_id == ErrorId.FILE_NOT_FOUND:
             message = f"File not found: {path}. Your current working directory is {cwd}."
         return ErrorObservation(message, error_id=exc.error_id)
     except OSError as exc:
-        return ErrorObservation(f"Could not read {path}: {exc}", error_id="file_read_error")
+        return ErrorObservation(f"Could not read {path}: {exc}", error_id=ErrorId.FILE_READ_ERROR)
     return FileReadObservation(content=content, path=path)
 
 
@@ -391,7 +395,7 @@ async def write_file(
 ) -> FileWriteObservation | ErrorObservation:
     """Write ``action.content`` to ``action.path`` (relative to ``cwd``)."""
     if "\x00" in action.path:
-        return ErrorObservation(_nul_message(action.path), error_id="invalid_path")
+        return ErrorObservation(_nul_message(action.path), error_id=ErrorId.INVALID_PATH)
     path = resolve_path(action.path, cwd)
     try:
         if len(action.content) <= INLINE_IO_BYTES and action.start <= 0 and action.end == -1:
@@ -402,10 +406,15 @@ async def write_file(
             )
     except IsADirectoryError:
         return ErrorObservation(
-            f"Path is a directory: {path}. You can only write to files", error_id="is_a_directory"
+            f"Path is a directory: {path}. You can only write to files",
+            error_id=ErrorId.IS_A_DIRECTORY,
         )
     except PermissionError as exc:
-        return ErrorObservation(f"Permission error on {path}: {exc}", error_id="permission_denied")
+        return ErrorObservation(
+            f"Permission error on {path}: {exc}", error_id=ErrorId.PERMISSION_DENIED
+        )
     except OSError as exc:
-        return ErrorObservation(f"Failed to write file {path}: {exc}", error_id="file_write_error")
+        return ErrorObservation(
+            f"Failed to write file {path}: {exc}", error_id=ErrorId.FILE_WRITE_ERROR
+        )
     return FileWriteObservation(path=path, content="")

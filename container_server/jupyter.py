@@ -67,6 +67,7 @@ from container_server.jupyter_output import (
 from container_server.plugins import ChunkSink, Plugin
 from container_server.privileges import child_credentials
 from events import Action, ErrorObservation, IPythonRunCellAction, IPythonRunCellObservation
+from events.wire import ErrorId
 
 __all__ = ["JupyterPlugin", "KernelStartError"]
 
@@ -474,7 +475,7 @@ class JupyterPlugin(Plugin):
             if self._closed or self._context is None:
                 return ErrorObservation(
                     "The Jupyter plugin is not running (not initialized, or closed).",
-                    error_id="plugin_unavailable",
+                    error_id=ErrorId.PLUGIN_UNAVAILABLE,
                 )
             coalescer = (
                 ChunkCoalescer(action.id, on_chunk, interval=self._chunk_interval)
@@ -495,7 +496,7 @@ class JupyterPlugin(Plugin):
             except KernelStartError as exc:
                 return ErrorObservation(
                     f"The IPython kernel could not be started: {exc}",
-                    error_id="jupyter_kernel_unavailable",
+                    error_id=ErrorId.JUPYTER_KERNEL_UNAVAILABLE,
                 )
             finally:
                 if coalescer is not None:

@@ -34,6 +34,7 @@ from container_server.app import DEFAULT_MAX_FRAME_BYTES, ServerSettings, create
 from container_server.plugin_registry import UnknownPluginError
 from container_server.privileges import drop_privileges, prepare_sandbox_user
 from container_server.seccomp import install_filter
+from events.wire import READY_LINE_PREFIX
 
 __all__ = ["main", "parse_args"]
 
@@ -143,7 +144,7 @@ async def serve(
     try:
         site = web.SockSite(runner, sock)
         await site.start()
-        print(f"listening on {where}", flush=True)
+        print(f"{READY_LINE_PREFIX}{where}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

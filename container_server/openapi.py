@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from events.wire import API_KEY_HEADER
+
 __all__ = ["OPENAPI_SPEC"]
 
 _KEY: list[dict[str, list[str]]] = [{"apiKey": []}]
@@ -12,15 +14,13 @@ _PATH_SCHEMA = {"type": "string", "minLength": 1, "pattern": "^[^\\u0000]*$"}
 _PATH_PARAM = {"name": "path", "in": "query", "required": True, "schema": _PATH_SCHEMA}
 _TAR_BODY = {"schema": {"type": "string", "format": "binary"}}
 _TEXT = {"text/plain": {"schema": {"type": "string"}}}
-_UNAUTHORIZED = {"description": "missing or wrong X-Session-API-Key", "content": _TEXT}
+_UNAUTHORIZED = {"description": f"missing or wrong {API_KEY_HEADER}", "content": _TEXT}
 
 OPENAPI_SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "openhands-rt action execution server", "version": "1"},
     "components": {
-        "securitySchemes": {
-            "apiKey": {"type": "apiKey", "in": "header", "name": "X-Session-API-Key"}
-        }
+        "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER}}
     },
     "security": _KEY,
     "paths": {

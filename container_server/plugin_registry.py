@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from importlib.metadata import entry_points
 
 from container_server.plugins import Plugin, PluginHost
+from events.wire import PLUGIN_ENTRY_POINT_GROUP
 
 __all__ = [
     "BUILTIN_PLUGINS",
@@ -26,7 +27,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ENTRY_POINT_GROUP = "openhands_rt.plugins"
+ENTRY_POINT_GROUP = PLUGIN_ENTRY_POINT_GROUP
 
 # name -> "module:Class"; imported lazily so a plugin's dependencies are only
 # needed in sandboxes that ask for it.

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar
 
 from events import Action, CmdOutputChunk, ErrorObservation, Observation
+from events.wire import ErrorId
 
 __all__ = ["Plugin", "PluginHost", "PluginStatus"]
 
@@ -125,7 +126,7 @@ class PluginHost:
                 f"No plugin in this sandbox serves {type(action).__name__} "
                 f"(loaded: {[p.name for p in self._ready] or 'none'})"
                 + (f"; {detail}" if detail else ""),
-                error_id="plugin_unavailable",
+                error_id=ErrorId.PLUGIN_UNAVAILABLE,
             )
         return await plugin.run(action, cwd=cwd, on_chunk=on_chunk)
 

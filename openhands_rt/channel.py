@@ -10,7 +10,7 @@ in id order. The server recognises ids it already ran (or is running) for this
 ``client_id`` and answers from its result cache instead of running them again.
 If the connection cannot be re-established within ``reconnect_deadline``
 seconds, every pending action is answered with an ``ErrorObservation``
-(``error_id="connection_lost"``) and a ``RuntimeStatusObservation(error)`` is
+(``error_id=ErrorId.CONNECTION_LOST``) and a ``RuntimeStatusObservation(error)`` is
 reported.
 """
 
@@ -30,7 +30,6 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect, unix_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from container_server.app import API_KEY_HEADER
 from container_server.control import InterruptRequest, encode_control
 from events import (
     Action,
@@ -43,6 +42,7 @@ from events import (
     decode_event,
     encode_event,
 )
+from events.wire import API_KEY_HEADER, CLIENT_ID_PARAM, MAX_FRAME_BYTES, ErrorId
 from openhands_rt.errors import SandboxClosedError, SandboxConnectionError
 
 __all__ = ["API_KEY_HEADER", "ChannelClient"]
@@ -116,7 +116,7 @@ class ChannelClient:
         on_event: Callable[[Event], None],
         unix_socket: str | None = None,
         peer_uid: int | None = None,
-        max_frame_bytes: int = 16 * 1024 * 1024,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
         reconnect_deadline: float = 30.0,
     ) -> None:
         self._url = url
@@ -138,7 +138,7 @@ class ChannelClient:
     @property
     def ws_url(self) -> str:
         sep = "&" if "?" in self._url else "?"
-        return f"{self._url}{sep}client_id={self._client_id}"
+        return f"{self._url}{sep}{CLIENT_ID_PARAM}={self._client_id}"
 
     async def _open(self) -> ClientConnection:
         headers = {API_KEY_HEADER: self._api_key}
@@ -209,7 +209,7 @@ class ChannelClient:
         self._on_event(
             ErrorObservation(
                 f"The sandbox connection was lost before this action finished: {reason}",
-                error_id="connection_lost",
+                error_id=ErrorId.CONNECTION_LOST,
                 cause=action_id,
             )
         )

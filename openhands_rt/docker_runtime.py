@@ -78,6 +78,7 @@ from aiodocker.exceptions import DockerError
 
 from container_server.privileges import renumbered
 from events import EventStream, RuntimeStatus
+from events.wire import CHANNEL_PATH, READY_LINE_PREFIX
 from openhands_rt.config import SandboxConfig, check_workspace_dir
 from openhands_rt.errors import SandboxError, SandboxStartError, SessionInUseError
 from openhands_rt.leases import SessionLease
@@ -127,7 +128,6 @@ _TMPFS_MIN_MB = 16
 # a server that cannot stay up is reported, not restarted forever.
 RESTART_LIMIT = 3
 RESTART_WINDOW = 60.0
-_LISTENING = "listening on "
 _DOCKER_UNREACHABLE = 900  # aiodocker's DockerError status for "cannot connect"
 _LOG_TAIL = 50
 
@@ -560,7 +560,7 @@ class DockerRuntime(EventStreamRuntime):
             if run_dir is None:
                 raise SandboxError(f"{self.container_name} has no network and no socket mount")
             return SandboxEndpoint(
-                url="ws://sandbox/ws",
+                url=f"ws://sandbox{CHANNEL_PATH}",
                 api_key=api_key,
                 unix_socket=os.path.join(run_dir, SOCKET_FILE),
                 # The server binds its socket as root, before it drops to the sandbox user.
@@ -570,7 +570,7 @@ class DockerRuntime(EventStreamRuntime):
         for binding in ports:
             if binding.get("HostIp") in ("127.0.0.1", "") and binding.get("HostPort"):
                 return SandboxEndpoint(
-                    url=f"ws://127.0.0.1:{binding['HostPort']}/ws", api_key=api_key
+                    url=f"ws://127.0.0.1:{binding['HostPort']}{CHANNEL_PATH}", api_key=api_key
                 )
         raise SandboxError(f"{self.container_name} publishes no port for the server")
 
@@ -644,7 +644,7 @@ class DockerRuntime(EventStreamRuntime):
                 async for data in response.content.iter_any():
                     buffer += data
                     for line in _demultiplex_lines(buffer):
-                        if line.startswith(_LISTENING.encode()):
+                        if line.startswith(READY_LINE_PREFIX.encode()):
                             return
             finally:
                 response.close()

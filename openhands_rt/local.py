@@ -20,6 +20,7 @@ import sys
 import tempfile
 
 from events import EventStream
+from events.wire import CHANNEL_PATH, READY_LINE_PREFIX
 from openhands_rt.config import SandboxConfig
 from openhands_rt.errors import SandboxStartError
 from openhands_rt.plugins import check_plugins
@@ -29,7 +30,6 @@ __all__ = ["LocalRuntime"]
 
 logger = logging.getLogger(__name__)
 
-_LISTENING = "listening on "
 _STOP_GRACE_SECONDS = 5.0
 
 
@@ -85,7 +85,7 @@ class LocalRuntime(EventStreamRuntime):
                 log_tail=list(self._stderr_tail),
             ) from None
         text = line.decode(errors="replace").strip()
-        if not text.startswith(_LISTENING):
+        if not text.startswith(READY_LINE_PREFIX):
             await self.process.wait()
             await asyncio.gather(*self._drainers, return_exceptions=True)
             raise SandboxStartError(
@@ -93,8 +93,9 @@ class LocalRuntime(EventStreamRuntime):
                 log_tail=list(self._stderr_tail),
             )
         self._drainers.append(asyncio.get_running_loop().create_task(self._drain_stdout()))
-        address = text[len(_LISTENING) :]
-        return SandboxEndpoint(url=address.replace("http://", "ws://", 1) + "/ws", api_key=api_key)
+        address = text[len(READY_LINE_PREFIX) :]
+        url = address.replace("http://", "ws://", 1) + CHANNEL_PATH
+        return SandboxEndpoint(url=url, api_key=api_key)
 
     def _server_command(self, working_dir: str) -> list[str]:
         args = [

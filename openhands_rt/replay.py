@@ -115,6 +115,7 @@ from events import (
 )
 from events.compat import load_openhands_trajectory
 from events.log import MAGIC, NotALogError, read_log
+from events.wire import ErrorId
 from openhands_rt.config import SandboxConfig
 from openhands_rt.errors import SandboxClosedError, SandboxError
 from openhands_rt.runtime import EventStreamRuntime
@@ -152,7 +153,7 @@ logger = logging.getLogger(__name__)
 WORKSPACE: Final = "/workspace"
 """Where OpenHands and our Docker sandboxes keep the workspace."""
 
-REPLAY_MISMATCH_ERROR_ID: Final = "replay_mismatch"
+REPLAY_MISMATCH_ERROR_ID: Final = ErrorId.REPLAY_MISMATCH
 """``error_id`` of the ErrorObservation a :class:`RecordedRuntime` gives a divergent action."""
 
 RecordingFormat = Literal["event_log", "openhands"]

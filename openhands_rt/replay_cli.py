@@ -57,6 +57,7 @@ from rich.text import Text
 from events import Action, ErrorObservation, Event, EventStream, decode_event, encode_event
 from events.codec import EventDecodeError
 from events.compat import from_openhands_dict, to_openhands_dict
+from events.wire import ErrorId
 from openhands_rt.config import SandboxConfig
 from openhands_rt.replay import (
     REPLAY_MISMATCH_ERROR_ID,
@@ -74,7 +75,7 @@ from openhands_rt.runtime import EventStreamRuntime
 
 __all__ = ["BAD_REQUEST_ERROR_ID", "replay_command", "serve_lines"]
 
-BAD_REQUEST_ERROR_ID: Final = "bad_request"
+BAD_REQUEST_ERROR_ID: Final = ErrorId.BAD_REQUEST
 EXIT_OK: Final = 0
 EXIT_DIVERGED: Final = 1
 EXIT_USAGE: Final = 2

@@ -2,7 +2,9 @@
 
 - ``events`` imports neither ``container_server`` nor ``openhands_rt``, and
   nothing outside the standard library but msgspec;
-- ``container_server`` never imports ``openhands_rt``.
+- ``container_server`` never imports ``openhands_rt``;
+- the wire contract (``events.wire``) is spelled in one place: neither side
+  writes one of its values as a literal.
 """
 
 from __future__ import annotations
@@ -63,3 +65,43 @@ def test_importing_a_package_loads_nothing_it_must_not(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert result.stdout.strip() == "", f"{package} loaded {result.stdout.strip()}"
+
+
+def test_the_wire_contract_is_spelled_only_in_events_wire() -> None:
+    from events import wire
+
+    exact = {
+        wire.API_KEY_HEADER,
+        wire.PLUGIN_ENTRY_POINT_GROUP,
+        *(v for k, v in vars(wire.ErrorId).items() if k.isupper()),
+    }
+
+    def is_wire_value(text: str) -> bool:
+        return text in exact or text.startswith(wire.READY_LINE_PREFIX)
+
+    spelled: list[str] = []
+    for package in ("container_server", "openhands_rt"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            source = path.read_text()
+            tree = ast.parse(source, filename=str(path))
+            docstrings = {
+                id(node.body[0].value)
+                for node in ast.walk(tree)
+                if isinstance(
+                    node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+                )
+                and node.body
+                and isinstance(node.body[0], ast.Expr)
+                and isinstance(node.body[0].value, ast.Constant)
+            }
+            spelled.extend(
+                f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}"
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in docstrings
+                and is_wire_value(node.value)
+            )
+            if "16 * 1024 * 1024" in source:
+                spelled.append(f"{path.relative_to(ROOT)}: the frame limit")
+    assert not spelled, "wire values spelled outside events.wire:\n" + "\n".join(spelled)
