@@ -54,6 +54,8 @@ from events import (
     ErrorObservation,
     Event,
     EventStream,
+    FileEditAction,
+    FileReadAction,
     FileWriteAction,
     RuntimeStatusObservation,
 )
@@ -327,6 +329,34 @@ async def test_agent_is_unprivileged_and_cannot_signal_trace_or_read_the_server(
             f"by their own paths: {report['fd_open']}"
         )
     assert not violations, f"{oci_runtime}: the agent reaches the server:\n" + "\n".join(violations)
+
+
+async def test_file_actions_act_as_the_agent_not_as_the_server(
+    stream: EventStream, make_config: ConfigFactory, oci_runtime: str, workspace: Path
+) -> None:
+    """The server's real uid is root's, but its file actions are the sandbox user's.
+
+    A file the agent cannot read, the server's reader and editor cannot read
+    either; a root-owned file it cannot write, they cannot write; what they
+    create belongs to the sandbox user. (Root's privileges would be the way out
+    through the file actions otherwise.)
+    """
+    config = make_config(oci_runtime=oci_runtime, workspace_dir=str(workspace))
+    async with DockerRuntime(stream, config, session_id=session_id()) as rt:
+        shell = await sh(rt, "cat /etc/shadow > /dev/null; echo exit=$?")
+        assert "Permission denied" in shell.content, shell.content
+        read = await rt.run(FileReadAction("/etc/shadow"))
+        assert isinstance(read, ErrorObservation), read
+        view = await rt.run(FileEditAction("/etc/shadow", "view"))
+        assert isinstance(view, ErrorObservation), view
+        write = await rt.run(FileWriteAction("/etc/passwd", "evil::0:0::/:/bin/sh\n"))
+        assert isinstance(write, ErrorObservation), write
+        create = await rt.run(FileEditAction("/usr/local/bin/planted", "create", file_text="x"))
+        assert isinstance(create, ErrorObservation), create
+        mine = await rt.run(FileWriteAction("/workspace/mine.txt", "ok\n"))
+        assert not isinstance(mine, ErrorObservation), mine
+        uid = int((await sh(rt, "id -u")).content.strip())
+    assert (workspace / "mine.txt").stat().st_uid == uid != 0
 
 
 # ---------------------------------------------------------------- 2. killing the server
