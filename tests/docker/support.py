@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import Callable
 
-from events import CmdOutputObservation, CmdRunAction
+from aiodocker.exceptions import DockerError
+
+from events import CmdOutputObservation, CmdRunAction, Event, EventStream, RuntimeStatusObservation
 from openhands_rt import DockerRuntime, SandboxConfig
 from openhands_rt.docker_client import open_docker
 
-__all__ = ["OCI_RUNTIMES", "ConfigFactory", "engine_runtimes", "session_id", "sh"]
+__all__ = [
+    "OCI_RUNTIMES",
+    "ConfigFactory",
+    "container_exists",
+    "engine_runtimes",
+    "is_status",
+    "next_event",
+    "session_id",
+    "sh",
+]
 
 ConfigFactory = Callable[..., SandboxConfig]
 
@@ -44,3 +56,42 @@ async def sh(rt: DockerRuntime, command: str, **kwargs: object) -> CmdOutputObse
     obs = await rt.run(CmdRunAction(command, **kwargs))  # type: ignore[arg-type]
     assert isinstance(obs, CmdOutputObservation), obs
     return obs
+
+
+async def container_exists(name: str) -> bool:
+    async with open_docker() as docker:
+        try:
+            await docker.containers.get(name)
+        except DockerError as exc:
+            if exc.status == 404:
+                return False
+            raise
+    return True
+
+
+async def next_event(
+    stream: EventStream, start: int, match: Callable[[Event], bool], *, within: float
+) -> tuple[Event, float]:
+    """The first event from id ``start`` on that ``match``es, and when it was seen (monotonic)."""
+
+    async def find() -> Event:
+        async for event in stream.follow(start):
+            if match(event):
+                return event
+        raise AssertionError("the stream closed")
+
+    event = await asyncio.wait_for(find(), within)
+    return event, time.monotonic()
+
+
+def is_status(status: str, *words: str) -> Callable[[Event], bool]:
+    """Matches a RuntimeStatusObservation of ``status`` whose message has every word."""
+
+    def match(event: Event) -> bool:
+        return (
+            isinstance(event, RuntimeStatusObservation)
+            and event.status == status
+            and all(w in event.message for w in words)
+        )
+
+    return match

@@ -41,23 +41,21 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ConfigFactory, session_id, sh
+from support import ConfigFactory, is_status, next_event, session_id, sh
 
 from events import (
     CmdOutputObservation,
     CmdRunAction,
     ErrorObservation,
-    Event,
     EventStream,
     FileEditAction,
     FileReadAction,
     FileWriteAction,
-    RuntimeStatusObservation,
 )
 from openhands_rt import DockerRuntime
 from openhands_rt.docker_client import open_docker
@@ -109,31 +107,6 @@ async def _exec_detached(container_name: str, cmd: list[str], *, user: str = "ro
         container = await docker.containers.get(container_name)
         execution = await container.exec(cmd, user=user)
         await execution.start(detach=True)
-
-
-async def _next_event(
-    stream: EventStream, start: int, match: Callable[[Event], bool], *, within: float
-) -> Event:
-    """The first event from id ``start`` on that ``match``es (TimeoutError after ``within``)."""
-
-    async def find() -> Event:
-        async for event in stream.follow(start):
-            if match(event):
-                return event
-        raise AssertionError("the stream closed")
-
-    return await asyncio.wait_for(find(), within)
-
-
-def _is_status(status: str, *words: str) -> Callable[[Event], bool]:
-    def match(event: Event) -> bool:
-        return (
-            isinstance(event, RuntimeStatusObservation)
-            and event.status == status
-            and all(w in event.message for w in words)
-        )
-
-    return match
 
 
 async def _write(rt: DockerRuntime, path: str, content: str) -> None:
@@ -458,7 +431,7 @@ async def _kill_server_from_the_host(rt: DockerRuntime, stream: EventStream, ser
     # `kill` is a shell builtin here (the image has no procps).
     await _exec_detached(rt.container_name, ["sh", "-c", f"kill -9 {server}"], user="root")
     try:
-        await _next_event(stream, mark, _is_status("error", "died"), within=10)
+        await next_event(stream, mark, is_status("error", "died"), within=10)
     except asyncio.TimeoutError:
         raise AssertionError(f"the server ({server}) did not die from kill -9 as root") from None
 
@@ -491,7 +464,7 @@ async def test_planted_modules_are_never_imported(
         mark = len(stream)
         await _kill_server_from_the_host(rt, stream, server)
         try:
-            await _next_event(stream, mark, _is_status("ready", "restarted"), within=60)
+            await next_event(stream, mark, is_status("ready", "restarted"), within=60)
             restarted = True
         except asyncio.TimeoutError:
             restarted = False

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import aiodocker
 import pytest
-from aiodocker.exceptions import DockerError
-from support import ConfigFactory, session_id, sh
+from support import ConfigFactory, container_exists, session_id, sh
 
 from events import (
     CmdOutputObservation,
@@ -44,17 +43,6 @@ from openhands_rt.sandboxes import (
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
-
-
-async def container_exists(name: str) -> bool:
-    async with open_docker() as docker:
-        try:
-            await docker.containers.get(name)
-        except DockerError as exc:
-            if exc.status == 404:
-                return False
-            raise
-    return True
 
 
 # ---------------------------------------------------------------- basics and lifecycle

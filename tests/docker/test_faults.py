@@ -32,18 +32,23 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from aiodocker.exceptions import DockerError
-from support import OCI_RUNTIMES, ConfigFactory, session_id, sh
+from support import (
+    OCI_RUNTIMES,
+    ConfigFactory,
+    container_exists,
+    is_status,
+    next_event,
+    session_id,
+    sh,
+)
 
 from events import (
     CmdOutputChunk,
     CmdRunAction,
     ErrorObservation,
-    Event,
     EventStream,
     FileWriteAction,
     Observation,
@@ -81,32 +86,6 @@ COUNT_SLEEPERS = (
 )
 
 
-async def next_event(
-    stream: EventStream, start: int, match: Callable[[Event], bool], *, within: float
-) -> tuple[Event, float]:
-    """The first event from id ``start`` on that ``match``es, and when it was seen (monotonic)."""
-
-    async def find() -> Event:
-        async for event in stream.follow(start):
-            if match(event):
-                return event
-        raise AssertionError("the stream closed")
-
-    event = await asyncio.wait_for(find(), within)
-    return event, time.monotonic()
-
-
-def is_status(status: str, *words: str) -> Callable[[Event], bool]:
-    def match(event: Event) -> bool:
-        return (
-            isinstance(event, RuntimeStatusObservation)
-            and event.status == status
-            and all(w in event.message for w in words)
-        )
-
-    return match
-
-
 async def start_long_action(rt: DockerRuntime) -> asyncio.Task[Observation]:
     """Run ``sleep 60`` and return once it is running (its first output chunk arrived)."""
     start = len(rt.stream)
@@ -130,17 +109,6 @@ async def kill_server(container_name: str) -> None:
         container = await docker.containers.get(container_name)
         execution = await container.exec(["python3", "-c", KILL_SERVER], user="0")
         await execution.start(detach=True)
-
-
-async def container_exists(name: str) -> bool:
-    async with open_docker() as docker:
-        try:
-            await docker.containers.get(name)
-        except DockerError as exc:
-            if exc.status == 404:
-                return False
-            raise
-    return True
 
 
 async def container_id(name: str) -> str:
@@ -455,19 +423,6 @@ async def test_dockerd_restart_gives_clear_errors_then_recovers(
 
 
 # ---------------------------------------------------------------- disk full under the log
-
-
-@pytest.fixture
-def small_filesystem(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    where = tmp_path / "small"
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=True)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 async def fill_until_full(stream: EventStream, text: str) -> tuple[int, str, LogWriteError]:

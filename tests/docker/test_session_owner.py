@@ -8,26 +8,13 @@ import sys
 import textwrap
 
 import pytest
-from aiodocker.exceptions import DockerError
-from support import ConfigFactory, session_id, sh
+from support import ConfigFactory, container_exists, session_id, sh
 
 from events import EventStream
 from openhands_rt import DockerRuntime, SandboxError, SessionInUseError
-from openhands_rt.docker_client import open_docker
 from openhands_rt.docker_runtime import CONTAINER_PREFIX
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
-
-
-async def container_exists(name: str) -> bool:
-    async with open_docker() as docker:
-        try:
-            await docker.containers.get(name)
-        except DockerError as exc:
-            if exc.status == 404:
-                return False
-            raise
-    return True
 
 
 async def test_a_second_runtime_in_this_process_is_refused(make_config: ConfigFactory) -> None:
