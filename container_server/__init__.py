@@ -1,8 +1,20 @@
-"""The action execution server that runs inside the sandbox."""
+"""The action execution server that runs inside the sandbox.
 
-from container_server.app import API_KEY_HEADER, ServerSettings, create_app
-from container_server.executor import ActionExecutor
-from container_server.plugins import Plugin, PluginHost
+Its public names are imported on first use (PEP 562), so the host, which
+needs only :class:`Plugin`, does not load the server's web stack, and the
+server's own start does not pay for what it never touches.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from container_server.app import ServerSettings, create_app
+    from container_server.executor import ActionExecutor
+    from container_server.plugins import Plugin, PluginHost
+    from events.wire import API_KEY_HEADER
 
 __all__ = [
     "API_KEY_HEADER",
@@ -12,3 +24,25 @@ __all__ = [
     "ServerSettings",
     "create_app",
 ]
+
+_HOMES = {
+    "API_KEY_HEADER": "events.wire",
+    "ActionExecutor": "container_server.executor",
+    "Plugin": "container_server.plugins",
+    "PluginHost": "container_server.plugins",
+    "ServerSettings": "container_server.app",
+    "create_app": "container_server.app",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'container_server' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

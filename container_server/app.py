@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import WSMsgType, web
 
-from container_server.control import ControlDecodeError, decode_control
 from container_server.executor import ACTION_TYPES, ActionExecutor
 from container_server.hub import ChannelHub, ClientState, Outbox
 from container_server.plugins import PluginStatus
@@ -50,7 +49,15 @@ from events import (
     decode_event,
     encode_event,
 )
-from events.wire import API_KEY_HEADER, CHANNEL_PATH, CLIENT_ID_PARAM, MAX_FRAME_BYTES, ErrorId
+from events.control import ControlDecodeError, decode_control
+from events.wire import (
+    API_KEY_HEADER,
+    CHANNEL_PATH,
+    CLIENT_ID_PARAM,
+    MAX_FRAME_BYTES,
+    CloseCode,
+    ErrorId,
+)
 
 __all__ = ["API_KEY_HEADER", "ServerSettings", "create_app"]
 
@@ -421,7 +428,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             elif msg.type == WSMsgType.ERROR:
                 logger.warning("websocket error from %s: %s", client_id, ws.exception())
                 break
-        if ws.close_code == 1009:
+        if ws.close_code == CloseCode.MESSAGE_TOO_BIG:
             logger.warning("client %s sent an oversized frame", client_id)
     finally:
         state.hub.detach(client, outbox)

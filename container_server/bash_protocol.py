@@ -41,7 +41,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from container_server.ansi import TerminalTextCleaner
+from events.ansi import TerminalTextCleaner
+from events.wire import special_key
 
 __all__ = [
     "CONTINUATION_PREFIX",
@@ -128,16 +129,6 @@ def restart_note(exit_status: int, working_dir: str) -> str:
 
 
 # --------------------------------------------------------------------------- input
-
-_SPECIAL_KEY_RE: Final = re.compile(r"C-([a-zA-Z])")
-
-
-def special_key(command: str) -> bytes | None:
-    """The control byte for ``C-c``, ``C-d``, ``C-z`` (any ``C-<letter>``), else None."""
-    match = _SPECIAL_KEY_RE.fullmatch(command.strip())
-    if match is None:
-        return None
-    return bytes([ord(match.group(1).lower()) - ord("a") + 1])
 
 
 def encode_input(text: str) -> bytes:

@@ -19,7 +19,6 @@ import resource
 from typing import NoReturn
 
 from container_server.bash import BashSession
-from container_server.bash_protocol import special_key
 from container_server.chunks import ChunkCoalescer, ChunkSink
 from container_server.editor import FileEditor
 from container_server.files import read_file, write_file
@@ -35,16 +34,11 @@ from events import (
     IPythonRunCellAction,
     Observation,
 )
-from events.wire import ErrorId
+from events.wire import ACTION_TYPES, ErrorId, RunnableAction, special_key
 
 __all__ = ["ACTION_TYPES", "ActionExecutor", "RunnableAction"]
 
 logger = logging.getLogger(__name__)
-
-RunnableAction = (
-    CmdRunAction | IPythonRunCellAction | FileReadAction | FileWriteAction | FileEditAction
-)
-ACTION_TYPES = (CmdRunAction, IPythonRunCellAction, FileReadAction, FileWriteAction, FileEditAction)
 
 
 def _assert_never(value: NoReturn) -> NoReturn:  # typing.assert_never is 3.11+

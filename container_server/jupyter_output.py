@@ -26,8 +26,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
-from container_server.ansi import TerminalTextCleaner, strip_ansi
 from container_server.truncate import OutputBuffer
+from events.ansi import TerminalTextCleaner, strip_ansi
 
 __all__ = [
     "IMAGE_MIME_TYPES",

@@ -31,7 +31,7 @@ import sys
 from aiohttp import web
 
 from container_server.app import DEFAULT_MAX_FRAME_BYTES, ServerSettings, create_app
-from container_server.plugin_registry import UnknownPluginError
+from container_server.plugin_registry import PluginLoadError
 from container_server.privileges import drop_privileges, prepare_sandbox_user
 from container_server.seccomp import install_filter
 from events.wire import READY_LINE_PREFIX
@@ -136,7 +136,7 @@ async def serve(
     )
     try:
         app = create_app(settings)
-    except UnknownPluginError as exc:
+    except PluginLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     runner = web.AppRunner(app, handle_signals=False, access_log=None)

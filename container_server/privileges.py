@@ -39,12 +39,13 @@ import pwd
 import resource
 from dataclasses import dataclass, field
 
+from events.accounts import renumbered
+
 __all__ = [
     "SandboxIdentity",
     "child_credentials",
     "drop_privileges",
     "prepare_sandbox_user",
-    "renumbered",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,20 +69,6 @@ class SandboxIdentity:
     groups: tuple[int, ...] = ()
     home: str = "/"
     notes: list[str] = field(default_factory=list, compare=False)
-
-
-def renumbered(text: str, name: str, new_id: int, *, fields: tuple[int, ...]) -> str:
-    """``text`` (passwd or group format) with ``fields`` of ``name``'s line set to ``new_id``."""
-    out = []
-    for line in text.splitlines(keepends=True):
-        parts = line.rstrip("\n").split(":")
-        if parts[0] == name:
-            for i in fields:
-                if i < len(parts):
-                    parts[i] = str(new_id)
-            line = ":".join(parts) + "\n"
-        out.append(line)
-    return "".join(out)
 
 
 def _rewrite_ids(path: str, name: str, new_id: int, *, fields: tuple[int, ...]) -> None:

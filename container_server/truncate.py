@@ -21,7 +21,7 @@ import itertools
 from collections import deque
 from typing import Final
 
-from container_server.ansi import render_overwrites
+from events.ansi import render_overwrites
 
 __all__ = [
     "MAX_OUTPUT_LINES",

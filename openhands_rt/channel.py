@@ -30,7 +30,6 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect, unix_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from container_server.control import InterruptRequest, encode_control
 from events import (
     Action,
     CmdOutputChunk,
@@ -42,6 +41,7 @@ from events import (
     decode_event,
     encode_event,
 )
+from events.control import InterruptRequest, encode_control
 from events.wire import API_KEY_HEADER, CLIENT_ID_PARAM, MAX_FRAME_BYTES, ErrorId
 from openhands_rt.errors import SandboxClosedError, SandboxConnectionError
 

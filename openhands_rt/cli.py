@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -28,29 +27,24 @@ from events import (
     RuntimeStatus,
     RuntimeStatusObservation,
 )
+from openhands_rt.cli_common import CliError, plugin_requirements
 from openhands_rt.cli_signals import until_stopped
-from openhands_rt.config import DEFAULT_BASE_IMAGE as SANDBOX_DEFAULT_BASE_IMAGE
-from openhands_rt.config import SandboxConfig
+from openhands_rt.config import SandboxConfig, cli_base_image
 from openhands_rt.errors import SandboxError
 from openhands_rt.runtime import EventStreamRuntime
 
 if TYPE_CHECKING:
-    from openhands_rt.plugins import PluginRequirement
+    pass
 
-__all__ = ["DEFAULT_BASE_IMAGE", "main"]
+__all__ = ["main"]
 
-#: The base image the commands use: ``$OPENHANDS_RT_BASE_IMAGE``, else SandboxConfig's default.
-DEFAULT_BASE_IMAGE = os.environ.get("OPENHANDS_RT_BASE_IMAGE", SANDBOX_DEFAULT_BASE_IMAGE)
+_BASE_IMAGE = cli_base_image()
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 #: ``run``: the command did not finish within ``--timeout`` (as ``timeout(1)``).
 EXIT_TIMEOUT = 124
-
-
-class CliError(Exception):
-    """A user-facing error: printed as one line."""
 
 
 def make_runtime(
@@ -63,26 +57,6 @@ def make_runtime(
     from openhands_rt.docker_runtime import DockerRuntime
 
     return DockerRuntime(stream, config)
-
-
-def plugin_requirements(names: list[str] | None) -> list[PluginRequirement]:
-    """``--plugins`` as requirements; an unknown name is an error (build, run and replay alike)."""
-    from openhands_rt.plugins import (
-        ALL_PLUGINS,
-        JupyterRequirement,
-        PluginRequirement,
-        offered_plugins,
-    )
-
-    plugins: list[PluginRequirement] = []
-    for name in names or []:
-        if name == "jupyter":
-            plugins.append(JupyterRequirement())
-        elif name in ALL_PLUGINS:
-            plugins.append(PluginRequirement(name))
-        else:
-            raise CliError(f"unknown plugin {name!r}; known: {', '.join(offered_plugins())}")
-    return plugins
 
 
 def sandbox_config(args: argparse.Namespace, **overrides: object) -> SandboxConfig:
@@ -310,7 +284,7 @@ def _labels(pairs: list[str] | None) -> dict[str, str]:
 
 
 def _sandbox_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base-image", default=DEFAULT_BASE_IMAGE, help="base image to build on")
+    p.add_argument("--base-image", default=_BASE_IMAGE, help="base image to build on")
     p.add_argument("--image", default=None, help="use this runtime image as is (no build)")
     p.add_argument("--workspace", default=None, help="host directory mounted at /workspace")
     p.add_argument("--local", action="store_true", help="no container: run the server locally")
@@ -363,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_shell)
 
     p = sub.add_parser("build", help="build (or find) the runtime image for a base image")
-    p.add_argument("--base-image", default=DEFAULT_BASE_IMAGE)
+    p.add_argument("--base-image", default=_BASE_IMAGE)
     p.add_argument("--force", action="store_true", help="rebuild from scratch")
     _plugins_option(p)
     p.set_defaults(handler=cmd_build)
@@ -371,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("base-image", help="base images made without a registry")
     bsub = p.add_subparsers(dest="base_command", required=True, metavar="SUBCOMMAND")
     b = bsub.add_parser("bootstrap", help="debootstrap a minimal Debian with python3 and import it")
-    b.add_argument("--name", default=DEFAULT_BASE_IMAGE)
+    b.add_argument("--name", default=_BASE_IMAGE)
     b.add_argument("--suite", default="bookworm")
     b.add_argument("--verbose", action="store_true")
     b.set_defaults(handler=cmd_bootstrap)
@@ -402,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="no sandbox: answer JSON actions on stdin with the recorded observations",
     )
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--base-image", default=None, help=f"base image ({DEFAULT_BASE_IMAGE})")
+    where.add_argument("--base-image", default=None, help=f"base image ({_BASE_IMAGE})")
     where.add_argument("--local", action="store_true", help="no container (no isolation)")
     p.add_argument("--image", default=None, help="use this runtime image as is (no build)")
     p.add_argument("--workspace", default=None, help="host directory mounted at /workspace")

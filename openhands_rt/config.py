@@ -10,10 +10,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from openhands_rt.plugins import PluginRequirement
 
-__all__ = ["DEFAULT_BASE_IMAGE", "SandboxConfig", "check_workspace_dir"]
+__all__ = ["DEFAULT_BASE_IMAGE", "SandboxConfig", "check_workspace_dir", "cli_base_image"]
 
 #: The one default base image: made offline by ``openhands-rt base-image bootstrap``.
 DEFAULT_BASE_IMAGE = "openhands-rt/base:bookworm"
+
+
+def cli_base_image() -> str:
+    """The base image the CLI's commands use: ``$OPENHANDS_RT_BASE_IMAGE``, else the default."""
+    return os.environ.get("OPENHANDS_RT_BASE_IMAGE", DEFAULT_BASE_IMAGE)
+
 
 _NETWORKS = ("bridge", "none")
 

@@ -76,8 +76,8 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 
-from container_server.privileges import renumbered
 from events import EventStream, RuntimeStatus
+from events.accounts import renumbered
 from events.wire import CHANNEL_PATH, READY_LINE_PREFIX
 from openhands_rt.config import SandboxConfig, check_workspace_dir
 from openhands_rt.errors import SandboxError, SandboxStartError, SessionInUseError

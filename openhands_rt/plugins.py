@@ -18,13 +18,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from container_server.plugin_registry import (
-    ENTRY_POINT_GROUP,
-    TEST_PLUGIN_KEYWORD,
-    available_plugins,
-    offered_plugin_names,
-)
-from container_server.plugins import Plugin
+from container_server import Plugin
+from events.plugins import load_target, offered_plugin_names, plugin_targets
+from events.wire import PLUGIN_ENTRY_POINT_GROUP, TEST_PLUGIN_KEYWORD
 from openhands_rt.errors import SandboxError
 
 __all__ = [
@@ -70,15 +66,16 @@ class _PluginRegistry(Mapping[str, type[Plugin]]):
     """name -> Plugin class; classes are imported on first access."""
 
     def _targets(self) -> dict[str, str]:
-        return available_plugins()
+        return plugin_targets()
 
     def __getitem__(self, name: str) -> type[Plugin]:
-        from container_server.plugin_registry import _load_class
-
         target = self._targets().get(name)
         if target is None:
             raise KeyError(name)
-        return _load_class(target)
+        cls = load_target(target)
+        if not (isinstance(cls, type) and issubclass(cls, Plugin)):
+            raise TypeError(f"{target} is not a container_server.Plugin subclass")
+        return cls
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._targets()))
@@ -109,5 +106,6 @@ def check_plugins(requirements: list[PluginRequirement]) -> None:
         if req.name not in known:
             raise UnknownPluginError(
                 f"unknown plugin {req.name!r}; known plugins: {', '.join(offered_plugins())} "
-                f"(third-party plugins register under the {ENTRY_POINT_GROUP!r} entry-point group)"
+                f"(third-party plugins register under the {PLUGIN_ENTRY_POINT_GROUP!r} "
+                "entry-point group)"
             )

@@ -89,8 +89,6 @@ from typing import Any, Final, Literal
 import anyio.to_thread
 import msgspec
 
-from container_server.ansi import strip_ansi
-from container_server.executor import ACTION_TYPES
 from events import (
     Action,
     CmdOutputChunk,
@@ -113,9 +111,10 @@ from events import (
     RuntimeStatusObservation,
     Subscription,
 )
+from events.ansi import strip_ansi
 from events.compat import load_openhands_trajectory
 from events.log import MAGIC, NotALogError, read_log
-from events.wire import ErrorId
+from events.wire import ErrorId, is_runnable
 from openhands_rt.config import SandboxConfig
 from openhands_rt.errors import SandboxClosedError, SandboxError
 from openhands_rt.runtime import EventStreamRuntime
@@ -159,7 +158,6 @@ REPLAY_MISMATCH_ERROR_ID: Final = ErrorId.REPLAY_MISMATCH
 RecordingFormat = Literal["event_log", "openhands"]
 
 _replace: Final = msgspec.structs.replace
-_RUNNABLE_SOURCES: Final = (EventSource.AGENT, EventSource.USER, None)
 _JUPYTER_TRAILER_RE: Final = re.compile(r"(?:\n?\[Jupyter [^\n]*\][ \t]*)+\Z")
 # Fields that say who/when, not what: never part of an action's identity.
 _ACTION_METADATA: Final = frozenset({"id", "timestamp", "source", "cause", "extra", "thought"})
@@ -240,11 +238,6 @@ class Recording:
     def chunks_of(self, action_id: int) -> list[CmdOutputChunk]:
         """The recorded output chunks of the action ``action_id``, in order."""
         return list(self._chunks.get(action_id, ()))
-
-
-def is_runnable(event: Event) -> bool:
-    """Whether a replay executes ``event``: a sandbox action from the agent or the user."""
-    return isinstance(event, ACTION_TYPES) and event.source in _RUNNABLE_SOURCES
 
 
 def detect_format(head: bytes) -> RecordingFormat:

@@ -58,7 +58,8 @@ from events import Action, ErrorObservation, Event, EventStream, decode_event, e
 from events.codec import EventDecodeError
 from events.compat import from_openhands_dict, to_openhands_dict
 from events.wire import ErrorId
-from openhands_rt.config import SandboxConfig
+from openhands_rt.cli_common import CliError, plugin_requirements
+from openhands_rt.config import SandboxConfig, cli_base_image
 from openhands_rt.replay import (
     REPLAY_MISMATCH_ERROR_ID,
     Divergence,
@@ -116,8 +117,6 @@ def _check_options(args: argparse.Namespace) -> int | None:
         raise _UsageError(
             "--serve runs no sandbox: it takes none of --verify, --local, --until, --output-log"
         )
-    from openhands_rt.cli import CliError, plugin_requirements
-
     try:
         plugin_requirements(getattr(args, "plugins", None))
     except CliError as exc:
@@ -137,10 +136,8 @@ def _holds_data(path: str) -> bool:
 
 
 def _config(args: argparse.Namespace) -> SandboxConfig:
-    from openhands_rt.cli import DEFAULT_BASE_IMAGE, plugin_requirements
-
     return SandboxConfig(
-        base_container_image=args.base_image or DEFAULT_BASE_IMAGE,
+        base_container_image=args.base_image or cli_base_image(),
         runtime_container_image=getattr(args, "image", None) or None,
         workspace_dir=args.workspace,
         # The plugins the session was recorded with (e.g. jupyter for its IPython cells).

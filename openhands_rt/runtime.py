@@ -23,8 +23,6 @@ from typing import ClassVar, TypeVar
 
 import anyio
 
-from container_server.bash_protocol import special_key
-from container_server.executor import ACTION_TYPES
 from events import (
     Action,
     CmdRunAction,
@@ -37,6 +35,7 @@ from events import (
     RuntimeStatusObservation,
     Subscription,
 )
+from events.wire import ACTION_TYPES, is_runnable, special_key
 from openhands_rt.channel import ChannelClient
 from openhands_rt.config import SandboxConfig
 from openhands_rt.errors import SandboxClosedError, SandboxError, SessionInUseError
@@ -45,7 +44,6 @@ __all__ = ["EventStreamRuntime", "SandboxEndpoint"]
 
 logger = logging.getLogger(__name__)
 
-_RUNNABLE_SOURCES = (EventSource.AGENT, EventSource.USER)
 _INTERRUPT_GRACE = 5.0
 _R = TypeVar("_R", bound="EventStreamRuntime")
 
@@ -210,7 +208,7 @@ class EventStreamRuntime:
         for event in self.stream.iter_events(0, last):
             if isinstance(event, Observation) and event.cause is not None:
                 answered.add(event.cause)
-            elif isinstance(event, ACTION_TYPES) and event.source in _RUNNABLE_SOURCES:
+            elif is_runnable(event):
                 actions.append(event)
         return [a for a in actions if a.id not in answered]
 
@@ -296,7 +294,7 @@ class EventStreamRuntime:
         ``CmdRunAction("C-c", is_input=True)`` (source *environment*, its
         ``thought`` naming the interrupted action) and sends it; for an IPython
         cell it asks the server to interrupt the kernel (a control frame, see
-        :mod:`container_server.control`; the cell's observation says it was
+        :mod:`events.control`; the cell's observation says it was
         interrupted). Then it waits up to :attr:`interrupt_grace` seconds for
         the action's observation (exit code 130, ``KeyboardInterrupt``), so the
         next action runs at once. What ignores the interrupt is left running
@@ -334,7 +332,7 @@ class EventStreamRuntime:
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.interrupt_grace):
             if not shell:
                 # A kernel interrupt is a control request, not an event: the cell's
-                # observation records it (see container_server.control).
+                # observation records it (see events.control).
                 await channel.interrupt(action.id)
                 await asyncio.wait([answered])
                 return
@@ -361,7 +359,7 @@ class EventStreamRuntime:
             )
 
     async def _on_stream_event(self, event: Event) -> None:
-        if not isinstance(event, ACTION_TYPES) or event.source not in _RUNNABLE_SOURCES:
+        if not is_runnable(event):
             return
         if event.id in self._dispatched:
             # run() sent it already; the subscriber sees ids in order, so this is the

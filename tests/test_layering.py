@@ -3,6 +3,10 @@
 - ``events`` imports neither ``container_server`` nor ``openhands_rt``, and
   nothing outside the standard library but msgspec;
 - ``container_server`` never imports ``openhands_rt``;
+- ``openhands_rt`` imports nothing of ``container_server`` but the public
+  ``Plugin`` of its package (host and server stand side by side on ``events``);
+- no module of the three packages takes part in an import cycle (imports
+  inside functions count; ``if TYPE_CHECKING:`` imports do not);
 - the wire contract (``events.wire``) is spelled in one place: neither side
   writes one of its values as a literal.
 """
@@ -72,7 +76,10 @@ def test_the_wire_contract_is_spelled_only_in_events_wire() -> None:
 
     exact = {
         wire.API_KEY_HEADER,
+        wire.CHANNEL_PATH,
         wire.PLUGIN_ENTRY_POINT_GROUP,
+        wire.TEST_PLUGIN_KEYWORD,
+        *wire.BUILTIN_PLUGINS.values(),
         *(v for k, v in vars(wire.ErrorId).items() if k.isupper()),
     }
 
@@ -104,4 +111,157 @@ def test_the_wire_contract_is_spelled_only_in_events_wire() -> None:
             )
             if "16 * 1024 * 1024" in source:
                 spelled.append(f"{path.relative_to(ROOT)}: the frame limit")
+            spelled.extend(
+                f"{path.relative_to(ROOT)}:{node.lineno}: close code {node.value}"
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Compare)
+                for side in (node.left, *node.comparators)
+                if isinstance(side, ast.Constant)
+                and side.value in {v for k, v in vars(wire.CloseCode).items() if k.isupper()}
+                and "close" in ast.unparse(node)
+            )
     assert not spelled, "wire values spelled outside events.wire:\n" + "\n".join(spelled)
+
+
+PACKAGES = ("events", "container_server", "openhands_rt")
+#: What the host may take from the server's package: what API.md re-exports for it.
+HOST_MAY_IMPORT = {"Plugin"}
+
+
+def test_the_host_imports_nothing_of_the_server_but_plugin() -> None:
+    found: list[str] = []
+    for path in sorted((ROOT / "openhands_rt").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Import):
+                found += [where for a in node.names if a.name.split(".")[0] == "container_server"]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                if node.module.split(".")[0] != "container_server":
+                    continue
+                names = {a.name for a in node.names}
+                if node.module != "container_server" or not names <= HOST_MAY_IMPORT:
+                    found.append(f"{where}: from {node.module} import {sorted(names)}")
+    assert not found, "the host reaches into the server:\n" + "\n".join(found)
+
+
+def test_importing_the_host_loads_only_the_servers_plugin_base() -> None:
+    code = (
+        "import sys, openhands_rt, pkgutil, importlib\n"
+        "for m in pkgutil.walk_packages(openhands_rt.__path__, 'openhands_rt.'):\n"
+        "    if m.name.endswith('__main__'):\n"
+        "        continue\n"
+        "    importlib.import_module(m.name)\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] == 'container_server')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert set(result.stdout.strip().split(",")) <= {"container_server", "container_server.plugins"}
+
+
+def module_names() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the modules of the three packages it imports (at any depth of its code).
+
+    A submodule importing its own package (``from events import X`` inside
+    ``events.log``) is not an edge: the package's ``__init__`` is its facade.
+    """
+    modules = module_names()
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        type_only = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for inner in ast.walk(node)
+        }
+        for node in ast.walk(tree):
+            if id(node) in type_only:
+                continue
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    source = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    source = node.module or ""
+                targets = [
+                    f"{source}.{a.name}" if f"{source}.{a.name}" in modules else source
+                    for a in node.names
+                ]
+            for target in targets:
+                while target not in modules and "." in target:
+                    target = target.rpartition(".")[0]
+                if target in modules and target != module and not module.startswith(target + "."):
+                    graph[module].add(target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, edges = work[-1]
+            for nxt in edges:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(sorted(graph[nxt]))))
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        found.append(sorted(component))
+    return found
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles() -> None:
+    graph = import_graph()
+    assert "openhands_rt.runtime" in graph["openhands_rt.docker_runtime"] or any(
+        "openhands_rt.runtime" in deps for deps in graph.values()
+    ), "the graph misses edges"
+    assert cycles(graph) == []

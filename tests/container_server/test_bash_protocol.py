@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from container_server.ansi import TerminalTextCleaner, render_overwrites, strip_ansi
 from container_server.bash_protocol import (
     CONTINUATION_PREFIX,
     NO_RUNNING_COMMAND_INPUT,
@@ -39,6 +38,7 @@ from container_server.truncate import (
     truncate_middle,
     truncated_lines_prefix,
 )
+from events.ansi import TerminalTextCleaner, render_overwrites, strip_ansi
 
 NONCE = "0123456789abcdef0123456789abcdef"
 

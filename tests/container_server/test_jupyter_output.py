@@ -7,7 +7,6 @@ import base64
 from hypothesis import given
 from hypothesis import strategies as st
 
-from container_server.ansi import render_overwrites
 from container_server.jupyter_output import (
     NO_OUTPUT_TEXT,
     CellOutput,
@@ -17,6 +16,7 @@ from container_server.jupyter_output import (
     unresponsive_kernel_note,
 )
 from container_server.truncate import TRUNCATION_MARKER
+from events.ansi import render_overwrites
 
 
 def stream(text: str, name: str = "stdout") -> tuple[str, dict[str, object]]:

@@ -6,18 +6,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from container_server.control import (
-    ControlDecodeError,
-    InterruptRequest,
-    decode_control,
-    encode_control,
-)
 from events import (
     CmdRunAction,
     EventDecodeError,
     IPythonRunCellAction,
     decode_event,
     encode_event,
+)
+from events.control import (
+    ControlDecodeError,
+    InterruptRequest,
+    decode_control,
+    encode_control,
 )
 
 

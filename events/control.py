@@ -20,6 +20,8 @@ from typing import Final
 
 import msgspec
 
+from events.errors import EventsError
+
 __all__ = [
     "MAX_CONTROL_FRAME_BYTES",
     "ControlDecodeError",
@@ -35,7 +37,7 @@ class InterruptRequest(msgspec.Struct, frozen=True, tag="interrupt", tag_field="
     action_id: int
 
 
-class ControlDecodeError(ValueError):
+class ControlDecodeError(EventsError, ValueError):
     """The data is not a control frame."""
 
 
