@@ -124,7 +124,7 @@ def test_the_wire_contract_is_spelled_only_in_events_wire() -> None:
 
 
 PACKAGES = ("events", "container_server", "openhands_rt")
-#: What the host may take from the server's package: what API.md re-exports for it.
+#: What the host may take from the server's package: the public API re-exports it (Plugin).
 HOST_MAY_IMPORT = {"Plugin"}
 
 
