@@ -51,6 +51,7 @@ from typing import Final
 
 import anyio.to_thread
 
+from container_server.errors import ServerError
 from container_server.files import (
     decode_lossless,
     looks_binary,
@@ -93,7 +94,7 @@ DIRECTORY_TRUNCATED_NOTICE: Final = (
 _SNIFF_BYTES: Final = 8 * 1024
 
 
-class EditorError(Exception):
+class EditorError(ServerError):
     """An editor command failed; ``str()`` is the text shown to the agent."""
 
 

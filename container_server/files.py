@@ -36,6 +36,7 @@ from typing import Final
 
 import anyio.to_thread
 
+from container_server.errors import ServerError
 from events import (
     ErrorObservation,
     FileReadAction,
@@ -87,7 +88,7 @@ _CONTROL_BYTES: Final = bytes([*range(0x08), *range(0x0E, 0x1B), *range(0x1C, 0x
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 
 
-class ReadError(Exception):
+class ReadError(ServerError):
     """A file could not be read; ``message`` is the agent-facing text."""
 
     def __init__(self, message: str, error_id: str) -> None:

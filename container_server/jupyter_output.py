@@ -34,6 +34,7 @@ __all__ = [
     "NO_OUTPUT_TEXT",
     "CellOutput",
     "compose_content",
+    "kernel_connection_failed_note",
     "kernel_died_note",
     "kernel_restart_failed_note",
     "timeout_note",
@@ -90,6 +91,14 @@ def unresponsive_kernel_note(grace: float) -> str:
     return (
         f"[The kernel did not stop within {_seconds(grace)} seconds of the interrupt, so it was "
         f"killed and restarted: {_STATE_LOST}.]"
+    )
+
+
+def kernel_connection_failed_note(reason: str) -> str:
+    """The server lost its connection to the kernel (a channel reader died): it was replaced."""
+    return (
+        f"[The connection to the IPython kernel failed ({reason}), so it was killed and "
+        f"restarted: {_STATE_LOST}.]"
     )
 
 

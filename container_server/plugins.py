@@ -8,10 +8,11 @@ initializing is reported and left out; the server serves everything else.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar
+
+import anyio
 
 from events import Action, CmdOutputChunk, ErrorObservation, Observation
 from events.wire import ErrorId
@@ -87,27 +88,39 @@ class PluginHost:
         return [p.name for p in self._plugins]
 
     async def initialize(self, username: str | None, *, working_dir: str) -> list[PluginStatus]:
-        async def init_one(plugin: Plugin) -> PluginStatus:
+        """Initialize every plugin concurrently, each under ``init_timeout`` seconds.
+
+        The initializations run in a task group that this call owns: when it
+        returns, none is left running (one past its deadline is cancelled).
+        """
+        results: list[PluginStatus | None] = [None] * len(self._plugins)
+
+        async def init_one(index: int, plugin: Plugin) -> None:
             try:
-                await asyncio.wait_for(
-                    plugin.initialize(username, working_dir=working_dir), self._init_timeout
-                )
-            except asyncio.TimeoutError:
-                msg = f"plugin {plugin.name!r} did not initialize within {self._init_timeout} s"
-                logger.error(msg)
-                return PluginStatus(plugin.name, ready=False, error=msg)
+                with anyio.move_on_after(self._init_timeout) as scope:
+                    await plugin.initialize(username, working_dir=working_dir)
             except Exception as exc:
                 logger.exception("plugin %r failed to initialize", plugin.name)
                 msg = f"plugin {plugin.name!r} failed to initialize: {type(exc).__name__}: {exc}"
-                return PluginStatus(plugin.name, ready=False, error=msg)
-            return PluginStatus(plugin.name, ready=True)
+                results[index] = PluginStatus(plugin.name, ready=False, error=msg)
+                return
+            if scope.cancelled_caught:
+                msg = f"plugin {plugin.name!r} did not initialize within {self._init_timeout} s"
+                logger.error(msg)
+                results[index] = PluginStatus(plugin.name, ready=False, error=msg)
+                return
+            results[index] = PluginStatus(plugin.name, ready=True)
 
-        results = await asyncio.gather(*(init_one(p) for p in self._plugins))
-        for plugin, status in zip(self._plugins, results, strict=True):
+        async with anyio.create_task_group() as task_group:
+            for index, plugin in enumerate(self._plugins):
+                task_group.start_soon(init_one, index, plugin, name=f"plugin-init-{plugin.name}")
+        statuses = [status for status in results if status is not None]
+        assert len(statuses) == len(self._plugins)
+        for plugin, status in zip(self._plugins, statuses, strict=True):
             self.statuses[plugin.name] = status
             if status.ready:
                 self._ready.append(plugin)
-        return list(results)
+        return statuses
 
     def plugin_for(self, action: Action) -> Plugin | None:
         for plugin in self._ready:

@@ -541,3 +541,11 @@ async def test_nul_in_path_is_an_error(editor: FileEditor) -> None:
     assert error_text(obs) == (
         "Invalid `path` parameter: '/tmp/bad\\x00name'. The path contains a NUL byte."
     )
+
+
+def test_editor_error_is_a_server_error() -> None:
+    from container_server.editor import EditorError
+    from container_server.errors import ServerError
+
+    assert issubclass(EditorError, ServerError)
+    assert str(EditorError("refused")) == "refused"

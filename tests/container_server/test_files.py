@@ -410,3 +410,12 @@ async def test_write_to_fifo_without_reader_does_not_block(tmp_path: Path) -> No
         obs = await write("pipe", "x", tmp_path)
     assert isinstance(obs, ErrorObservation)
     assert obs.error_id == "file_write_error"
+
+
+def test_read_error_is_a_server_error() -> None:
+    from container_server.errors import ServerError
+    from container_server.files import ReadError
+
+    error = ReadError("no such file", "file_not_found")
+    assert isinstance(error, ServerError)
+    assert (error.message, error.error_id) == ("no such file", "file_not_found")

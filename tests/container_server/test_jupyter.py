@@ -258,7 +258,9 @@ async def test_kernel_killed_between_cells(plugin: JupyterPlugin, workdir: Path)
     # Let the plugin see the exit first (it learns of it from the process's wait()).
     kernel = plugin._kernel
     assert kernel is not None
-    assert await asyncio.wait_for(asyncio.shield(kernel.exited), 5) == -signal.SIGKILL
+    await asyncio.wait_for(kernel.wait_ended(), 5)
+    assert kernel.returncode == -signal.SIGKILL
+    assert kernel.failure is None
     obs = await run(plugin, "print('alive')", workdir)
     lines = body(obs, workdir).split("\n")
     assert lines[-1] == "alive"

@@ -407,3 +407,38 @@ async def test_list_dir_errors(tmp_path: Path) -> None:
         await list_dir(str(tmp_path / "missing"))
     with pytest.raises(NotADirectoryError):
         await list_dir(str(tmp_path / "file"))
+
+
+def test_transfer_error_is_a_server_error_and_still_a_value_error() -> None:
+    from container_server.errors import ServerError
+
+    assert issubclass(TransferError, ServerError)
+    assert issubclass(TransferError, ValueError)
+
+
+def test_package_reexports_the_old_module_names() -> None:
+    import container_server.transfer as transfer
+    from container_server.transfer import limits, listing, tar_in, tar_out
+
+    assert transfer.TransferError is limits.TransferError
+    assert transfer.DirEntry is listing.DirEntry
+    assert transfer.extract_tar_stream is tar_in.extract_tar_stream
+    assert transfer.tar_stream is tar_out.tar_stream
+    assert transfer.list_dir is listing.list_dir
+    assert (
+        transfer.DEFAULT_MAX_MEMBERS,
+        transfer.DEFAULT_MAX_EXPANSION_RATIO,
+        transfer.EXPANSION_SLACK_BYTES,
+    ) == (100_000, 200.0, 64 * 1024 * 1024)
+    assert sorted(transfer.__all__) == sorted(
+        [
+            "DEFAULT_MAX_EXPANSION_RATIO",
+            "DEFAULT_MAX_MEMBERS",
+            "EXPANSION_SLACK_BYTES",
+            "DirEntry",
+            "TransferError",
+            "extract_tar_stream",
+            "list_dir",
+            "tar_stream",
+        ]
+    )
