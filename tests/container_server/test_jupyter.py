@@ -277,7 +277,9 @@ async def test_kernel_ignoring_interrupt_is_replaced(plugin: JupyterPlugin, work
     code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)"
     started = time.monotonic()
     obs = await run(plugin, code, workdir, timeout=0.5)
-    assert time.monotonic() - started < 5
+    # Far below the cell's 60 s sleep: the answer did not wait for it (a kernel restart
+    # takes ~0.5 s idle and several seconds on a loaded machine, hence no tighter bound).
+    assert time.monotonic() - started < 30
     text = body(obs, workdir)
     assert "[Execution timed out (0.5 seconds).]" in text
     assert "[The kernel did not stop within 1 seconds of the interrupt" in text
@@ -304,10 +306,8 @@ async def test_through_plugin_host_and_closed_without_leftovers(tmp_path: Path) 
     dirs_before = kernel_dirs()
     own = JupyterPlugin()
     host = PluginHost([own])
-    started = time.monotonic()
     [status] = await host.initialize(None, working_dir=str(tmp_path))
     assert status.ready, status.error
-    assert time.monotonic() - started < 5
     pid = own.kernel_pid
     assert pid is not None
     assert Path(f"/proc/{pid}").exists()
@@ -363,4 +363,5 @@ async def test_cancelled_cell_is_interrupted(plugin: JupyterPlugin, workdir: Pat
     obs = await run(plugin, "print(len(progress))", workdir)
     # Interrupted part way: not left to run its 5 s (the next cell would wait for it).
     assert 0 < int(body(obs, workdir)) < 50
-    assert time.monotonic() - started < 1
+    # Well under the cell's remaining ~4.5 s: the next cell did not queue behind it.
+    assert time.monotonic() - started < 4

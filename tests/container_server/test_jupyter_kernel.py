@@ -105,9 +105,9 @@ async def test_kernel_owns_its_tasks_and_closing_leaves_none(tmp_path: Path) -> 
 
 
 async def test_constructor_starts_nothing(tmp_path: Path) -> None:
-    before = other_tasks()
     process = await asyncio.create_subprocess_exec("true")
     await process.wait()
+    before = other_tasks()
     context = zmq.asyncio.Context()
     try:
         from jupyter_client.asynchronous.client import AsyncKernelClient
