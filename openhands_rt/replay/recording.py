@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Final, Literal, assert_never
+from typing import Final, Literal, TypeGuard, assert_never, get_args
 
 import msgspec
 
@@ -68,6 +68,12 @@ __all__ = [
 RecordingFormat = Literal["event_log", "openhands"]
 
 _replace: Final = msgspec.structs.replace
+_UNION_TYPES: Final = frozenset(get_args(AnyEvent))
+
+
+def _in_union(event: Event) -> TypeGuard[AnyEvent]:
+    """Whether ``event`` is of the codec's closed union (its exact type first: that is cheap)."""
+    return type(event) in _UNION_TYPES or isinstance(event, AnyEvent)
 
 
 @dataclass(frozen=True)
@@ -93,19 +99,13 @@ class _Pairing:
             self.actions.append(event)
             self.runnable.add(event.id)
             return
-        if not isinstance(event, AnyEvent):
+        if not _in_union(event):
             # Event is an open base class: a type outside the codec's union (a test's,
             # a future one's) is paired by its base class alone.
             if isinstance(event, Observation):
                 self._observation(event)
             return
         match event:
-            case RuntimeStatusObservation():
-                self.replaced.add(event.id)
-            case CmdOutputChunk():
-                if event.cause in self.runnable:
-                    self.replaced.add(event.id)
-                    self.chunks.setdefault(event.cause, []).append(event)
             case (
                 CmdOutputObservation()
                 | IPythonRunCellObservation()
@@ -115,6 +115,12 @@ class _Pairing:
                 | ErrorObservation()
             ):
                 self._observation(event)
+            case CmdOutputChunk():
+                if event.cause in self.runnable:
+                    self.replaced.add(event.id)
+                    self.chunks.setdefault(event.cause, []).append(event)
+            case RuntimeStatusObservation():
+                self.replaced.add(event.id)
             case (
                 CmdRunAction()
                 | IPythonRunCellAction()

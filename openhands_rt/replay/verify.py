@@ -34,7 +34,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from typing import Final, assert_never
+from typing import Final, TypeGuard, assert_never, get_args
 
 from events import (
     Action,
@@ -76,6 +76,14 @@ KnownObservation = (
     | RuntimeStatusObservation
 )
 
+_KNOWN_TYPES: Final = frozenset(get_args(KnownObservation))
+
+
+def _known(observation: Observation) -> TypeGuard[KnownObservation]:
+    """Whether ``observation`` is of the closed union (its exact type first: that is cheap)."""
+    return type(observation) in _KNOWN_TYPES or isinstance(observation, KnownObservation)
+
+
 _JUPYTER_TRAILER_RE: Final = re.compile(r"(?:\n?\[Jupyter [^\n]*\][ \t]*)+\Z")
 
 
@@ -107,7 +115,7 @@ def compare_observations(
     """
     if isinstance(actual, ErrorObservation) and not isinstance(expected, ErrorObservation):
         return _one_sided_error("recorded a success, replay failed", expected, actual)
-    if not isinstance(expected, KnownObservation):
+    if not _known(expected):
         # Observation is an open base class: a type outside the event union (a test's,
         # a plugin's) has no known result to compare, only its type.
         return None if type(expected) is type(actual) else _type_mismatch(expected, actual)
@@ -238,7 +246,7 @@ def _kind(observation: Observation) -> str:
 
 def _content_of(observation: Observation) -> str:
     """The text an observation carries, for a report ("" when it carries none)."""
-    if not isinstance(observation, KnownObservation):
+    if not _known(observation):
         content = getattr(observation, "content", None)  # an open subclass: it may have one
         return content if isinstance(content, str) else ""
     match observation:
