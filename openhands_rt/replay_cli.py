@@ -65,6 +65,7 @@ from openhands_rt.replay import (
     Divergence,
     RecordedRuntime,
     Recording,
+    ReplayError,
     ReplayInputError,
     ReplayMismatchError,
     StepReport,
@@ -82,8 +83,8 @@ EXIT_DIVERGED: Final = 1
 EXIT_USAGE: Final = 2
 
 
-class _UsageError(Exception):
-    """Unusable input or options: one error line, exit code 2."""
+class _UsageError(ReplayError):
+    """Unusable input or options: one error line, exit code 2 (never leaves this module)."""
 
 
 async def replay_command(args: argparse.Namespace, console: Console) -> int:

@@ -1,4 +1,8 @@
-"""Replay: loading, pairing, normalization, verify through LocalRuntime, serve-recorded, CLI."""
+"""Replay through runtimes: execute and verify through LocalRuntime, serve-recorded, the CLI.
+
+The pure parts are tested in test_replay_recording, test_replay_verify and
+test_replay_serve_core.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +18,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from rich.console import Console
 
 from events import (
     Action,
     CmdOutputChunk,
-    CmdOutputMetadata,
     CmdOutputObservation,
     CmdRunAction,
     ErrorObservation,
@@ -33,7 +34,6 @@ from events import (
     FileReadAction,
     FileReadObservation,
     FileWriteAction,
-    FileWriteObservation,
     IPythonRunCellAction,
     IPythonRunCellObservation,
     OpenHandsEvent,
@@ -41,20 +41,15 @@ from events import (
     encode_event,
 )
 from events.compat import load_openhands_trajectory, to_openhands_dict
-from events.log import HEADER, read_log
+from events.log import read_log
 from openhands_rt import JupyterRequirement, LocalRuntime, SandboxConfig
 from openhands_rt.replay import (
     REPLAY_MISMATCH_ERROR_ID,
     RecordedRuntime,
     Recording,
-    ReplayInputError,
     ReplayMismatchError,
     StepReport,
-    compare_observations,
-    detect_format,
     load_recording,
-    map_action_paths,
-    normalize_text,
     replay_file,
 )
 from openhands_rt.replay_cli import replay_command, serve_lines
@@ -109,214 +104,6 @@ SESSION: list[Action] = [
     FileReadAction("missing.txt"),
     CmdRunAction("cat notes.txt && ls"),
 ]
-
-
-# --------------------------------------------------------------------------- pure parts
-
-
-def test_detect_format() -> None:
-    assert detect_format(HEADER) == "event_log"
-    assert detect_format(b"[\n  {") == "openhands"
-    assert detect_format(b"\xef\xbb\xbf  \n[]") == "openhands"
-    for head in (b"", b"{}", b"hello", HEADER[:5], b"\x89PNG\r\n"):
-        with pytest.raises(ReplayInputError, match=r"^(an empty file, )?neither an openhands-rt"):
-            detect_format(head)
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        (b"", "an empty file, neither"),
-        (b"just some text\n", "neither"),
-        (b'{"action": "run"}', "neither"),
-        (b"[1, 2", "not a valid OpenHands trajectory"),
-        (b'[{"foo": 1}]', "not a valid OpenHands trajectory"),
-        (HEADER[:-1] + b"\x09", "unsupported event log format version"),
-    ],
-)
-def test_load_recording_refuses_what_is_neither(tmp_path: Path, data: bytes, message: str) -> None:
-    path = tmp_path / "input"
-    path.write_bytes(data)
-    with pytest.raises(ReplayInputError, match=message):
-        load_recording(path)
-    assert path.read_bytes() == data  # never touched
-
-
-def test_load_recording_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ReplayInputError, match="cannot read"):
-        load_recording(tmp_path / "nope.json")
-
-
-def test_pairing_of_the_handwritten_trajectory() -> None:
-    recording = load_recording(HANDWRITTEN)
-    assert recording.format == "openhands"
-    pairs = [(s.action.id, s.observation.id if s.observation else None) for s in recording.steps]
-    assert pairs == [(2, 3), (4, 5), (6, 7), (8, 9), (10, 11)]
-    kinds = [type(s.action).__name__ for s in recording.steps]
-    assert kinds == [
-        "CmdRunAction",
-        "FileWriteAction",
-        "FileReadAction",
-        "FileEditAction",
-        "CmdRunAction",
-    ]
-    assert recording.replaced == {3, 5, 7, 9, 11}
-    carried = [
-        e for e in recording.events if e.id not in recording.replaced and e.id not in dict(pairs)
-    ]
-    assert [e.kind for e in carried if isinstance(e, OpenHandsEvent)] == [
-        "message",
-        "agent_state_changed",
-        "message",
-        "finish",
-    ]
-
-
-def test_pairing_keeps_unanswered_actions_and_drops_chunks_and_status() -> None:
-    events: list[Event] = [
-        CmdRunAction("echo a", id=0, source=EventSource.AGENT),
-        CmdOutputChunk(0, 0, "a\n", id=1, source=EventSource.ENVIRONMENT),
-        CmdOutputObservation("a", "echo a", id=2, cause=0, source=EventSource.ENVIRONMENT),
-        ErrorObservation("late duplicate", id=3, cause=0),
-        CmdRunAction("env-only", id=4, source=EventSource.ENVIRONMENT),
-        CmdRunAction("sleep 100", id=5, source=EventSource.USER),
-    ]
-    recording = Recording(events, "event_log")
-    assert [(s.action.id, s.observation) for s in recording.steps] == [
-        (0, events[2]),
-        (5, None),
-    ]
-    assert recording.replaced == {1, 2, 3}
-
-
-@given(
-    st.lists(st.sampled_from(["a", " ", "\t", "\r", "\n", "\x1b[31m", "\x1b[0m", "é", "\x1b"])).map(
-        "".join
-    )
-)
-def test_normalize_text_properties(text: str) -> None:
-    out = normalize_text(text)
-    assert "\r\n" not in out
-    assert "\x1b" not in out
-    assert out == out.rstrip()
-    assert all(line == line.rstrip() for line in out.split("\n"))
-    assert normalize_text(out) == out
-
-
-def test_normalize_text_examples() -> None:
-    assert normalize_text("a  \r\nb\t\r\n\r\n") == "a\nb"
-    assert normalize_text("\x1b[1;31mred\x1b[0m text \n") == "red text"
-    assert normalize_text("  lead stays\n") == "  lead stays"
-
-
-def cmd(content: str, exit_code: int = 0, **meta: object) -> CmdOutputObservation:
-    return CmdOutputObservation(
-        content,
-        "x",
-        metadata=CmdOutputMetadata(exit_code=exit_code, **meta),  # type: ignore[arg-type]
-    )
-
-
-def test_compare_command_output() -> None:
-    run = CmdRunAction("x")
-    recorded = cmd(
-        "hello\nworld", pid=1, hostname="a", working_dir="/workspace", suffix="\n[done 0]"
-    )
-    replayed = cmd("hello  \r\n\x1b[32mworld\x1b[0m\r\n", pid=99, hostname="b", prefix="note")
-    assert compare_observations(run, recorded, replayed) is None
-    exit_differs = compare_observations(run, recorded, cmd("hello\nworld", 1))
-    assert exit_differs is not None
-    assert exit_differs.reason == "exit code differs: recorded 0, replayed 1"
-    content_differs = compare_observations(run, recorded, cmd("hello\nthere"))
-    assert content_differs is not None
-    assert content_differs.reason == "command output differs"
-    assert (content_differs.expected, content_differs.actual) == ("hello\nworld", "hello\nthere")
-
-
-def test_compare_errors_and_types() -> None:
-    read = FileReadAction("a")
-    ok = FileReadObservation("text", "a")
-    error = ErrorObservation("File not found: a", error_id="file_not_found")
-    failed = compare_observations(read, ok, error)
-    assert failed is not None
-    assert failed.reason == "recorded a success, replay failed"
-    succeeded = compare_observations(read, error, ok)
-    assert succeeded is not None
-    assert succeeded.reason == "recorded an error, replay succeeded"
-    # Error texts differ between implementations: only the kind counts.
-    assert (
-        compare_observations(read, error, ErrorObservation("other words", "file_not_found")) is None
-    )
-    assert compare_observations(read, ErrorObservation("x"), error) is None
-    kinds = compare_observations(read, error, ErrorObservation("x", error_id="is_a_directory"))
-    assert kinds is not None
-    assert "error kind differs" in kinds.reason
-    wrong_type = compare_observations(read, ok, cmd("text"))
-    assert wrong_type is not None
-    assert wrong_type.reason.startswith("observation type differs")
-
-
-def test_compare_edit_read_write_ipython() -> None:
-    edit = FileEditAction("f", "str_replace", old_str="a", new_str="b")
-    recorded = FileEditObservation("--- diff text", "f", new_content="b\n", diff="d1")
-    same_file = FileEditObservation(
-        "The file f has been edited.", "f", new_content="b  \n", diff="d2"
-    )
-    assert compare_observations(edit, recorded, same_file) is None
-    other = compare_observations(edit, recorded, FileEditObservation("", "f", new_content="c\n"))
-    assert other is not None
-    assert other.reason == "file content after the edit differs"
-    # Without a recorded new_content, only success counts.
-    assert compare_observations(edit, FileEditObservation("x", "f"), same_file) is None
-
-    view = FileEditAction("f", "view")
-    as_read = FileReadObservation("     1\tb", "f")
-    assert compare_observations(view, as_read, FileEditObservation("     1\tb\n", "f")) is None
-    mismatch = compare_observations(view, as_read, FileEditObservation("     1\tc", "f"))
-    assert mismatch is not None
-    assert mismatch.reason == "content differs"
-
-    write = FileWriteAction("f", "x")
-    assert (
-        compare_observations(write, FileWriteObservation("f"), FileWriteObservation("f", "ok"))
-        is None
-    )
-
-    cell = IPythonRunCellAction("print(1)")
-    recorded_cell = IPythonRunCellObservation(
-        "1\n[Jupyter current working directory: /workspace]\n[Jupyter Python interpreter: /x]",
-        "print(1)",
-    )
-    assert (
-        compare_observations(cell, recorded_cell, IPythonRunCellObservation("1\n", "print(1)"))
-        is None
-    )
-    assert (
-        compare_observations(cell, recorded_cell, IPythonRunCellObservation("2", "print(1)"))
-        is not None
-    )
-
-
-def test_workspace_mapping() -> None:
-    assert map_action_paths(FileReadAction("/workspace/a.py"), "/tmp/ws") == FileReadAction(
-        "/tmp/ws/a.py"
-    )
-    assert map_action_paths(FileEditAction("/workspace", "view"), "/tmp/ws").path == "/tmp/ws"  # type: ignore[attr-defined]
-    for untouched in ("/workspaces/a", "a.py", "/etc/workspace/a"):
-        assert map_action_paths(FileWriteAction(untouched, "x"), "/tmp/ws") == FileWriteAction(
-            untouched, "x"
-        )
-    assert map_action_paths(
-        CmdRunAction("ls /workspace", cwd="/workspace/src"), "/tmp/ws"
-    ) == CmdRunAction("ls /workspace", cwd="/tmp/ws/src")
-    view = FileEditAction("/workspace", "view")
-    recorded = FileReadObservation("in /workspace:\n/workspace/\n/workspace/a.py", "/workspace")
-    replayed = FileEditObservation("in /tmp/ws:\n/tmp/ws/\n/tmp/ws/a.py", "/tmp/ws")
-    assert compare_observations(view, recorded, replayed, workspace="/tmp/ws") is None
-    assert compare_observations(view, recorded, replayed) is not None
-    # A sibling directory with a longer name is not the workspace.
-    sibling = FileEditObservation("in /tmp/ws:\n/tmp/ws/\n/tmp/ws2/a.py", "/tmp/ws")
-    assert compare_observations(view, recorded, sibling, workspace="/tmp/ws") is not None
 
 
 # ------------------------------------------------------------------ verify through LocalRuntime
