@@ -58,6 +58,11 @@ def subscriber_tasks() -> list[asyncio.Task[object]]:
     return [t for t in asyncio.all_tasks() if t.get_name().startswith("event-subscriber:")]
 
 
+def delivery_hosts() -> list[asyncio.Task[object]]:
+    """The tasks running a stream's delivery task group."""
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("event-deliveries:")]
+
+
 # --------------------------------------------------------------------------- append
 
 
@@ -440,10 +445,13 @@ async def test_aclose_drains_pending_deliveries_then_ends_the_tasks() -> None:
     stream.subscribe(slowish, subscriber_id="slowish")
     for i in range(20):
         stream.append(cmd(i))
+    assert delivery_hosts()  # started by the first subscribe()
+    await asyncio.sleep(0)  # the group's host task starts the delivery task
     assert subscriber_tasks()
     await stream.aclose()
     assert delivered == list(range(20))
     assert not subscriber_tasks()
+    assert not delivery_hosts()
     await stream.aclose()  # idempotent
 
 
