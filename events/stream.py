@@ -2,12 +2,10 @@
 
 :meth:`EventStream.append` gives each event the next id (gapless, from 0),
 a UTC timestamp and its source, hides secrets, and stores the copy. The
-history is the single source of truth: a subscriber is a cursor into it
-(the next id it has to see) plus a wake-up future it parks on when it has
-caught up. There is no per-subscriber queue of events, so a slow subscriber
-costs O(1) memory however far behind it falls, and ``append`` never waits
-for anyone. This follows the pull-by-position model of event sourcing; the
-wake-up is the push optimisation on top.
+history is the single source of truth: subscribers and followers are
+cursors into it (:mod:`events.delivery`), so ``append`` never waits for
+anyone. This follows the pull-by-position model of event sourcing; waking
+the cursors is the push optimisation on top.
 
 Where the history lives: in memory, for the life of the stream (a durable
 stream also writes it to its :class:`~events.log.EventLog` and rehydrates it
@@ -65,7 +63,6 @@ import itertools
 import logging
 import os
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from types import TracebackType
@@ -73,6 +70,7 @@ from typing import Final, TypeVar
 
 import msgspec
 
+from events.clock import UtcClock
 from events.delivery import Deliveries, EventCallback, Follower, Subscription, wake_all
 from events.errors import EventsError
 from events.log import EventLog, LogWriteError
@@ -98,41 +96,6 @@ class DeliveryError(StreamClosedError):
     Every delivery was cancelled; appends and subscribes raise this, and so
     does ``aclose()``. The original error is the ``__cause__``.
     """
-
-
-_MICROS_AND_ZONE: Final = tuple(f"{i:03d}+00:00" for i in range(1000))
-
-
-class _UtcClock:
-    """ISO-8601 UTC timestamps with microseconds, formatting the rest once a millisecond.
-
-    ``datetime.now(timezone.utc).isoformat()`` costs ~0.9 µs, a large share
-    of an append; this costs ~0.15 µs. Not thread-safe: each stream owns one
-    and uses it under its lock.
-    """
-
-    __slots__ = ("_next", "_prefix", "_start")
-
-    def __init__(self) -> None:
-        self._start = 0  # the current millisecond, in µs since the epoch
-        self._next = 0
-        self._prefix = ""  # "YYYY-MM-DDTHH:MM:SS.mmm" of that millisecond
-
-    def now(self) -> str:
-        return self.at(int(time.time() * 1e6))
-
-    def at(self, micros: int) -> str:
-        """The timestamp of ``micros`` microseconds since the epoch."""
-        if micros >= self._next or micros < self._start:
-            self._roll(micros)
-        return self._prefix + _MICROS_AND_ZONE[micros - self._start]
-
-    def _roll(self, micros: int) -> None:
-        start = micros - micros % 1000
-        second, milli = divmod(start // 1000, 1000)
-        self._prefix = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(second))}.{milli:03d}"
-        self._start = start
-        self._next = start + 1000
 
 
 def _loop_running() -> bool:
@@ -176,7 +139,7 @@ class EventStream:
         self._events: list[Event] = self._log.recovered if self._log is not None else []
         self._drain_timeout = drain_timeout
         self._lock = threading.Lock()
-        self._now = _UtcClock().now
+        self._now = UtcClock().now
         self._masker: SecretMasker | None = None
         self._closed = False
         self._subscriptions: dict[str, Subscription] = {}

@@ -23,7 +23,8 @@ from events import (
     EventStream,
     Subscription,
 )
-from events.stream import StreamClosedError, _UtcClock
+from events.clock import UtcClock
+from events.stream import StreamClosedError
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")
 
@@ -129,7 +130,7 @@ def test_timestamps_are_iso8601_utc_and_current() -> None:
 
 @given(st.integers(min_value=0, max_value=253402300799_999999))  # up to 9999-12-31
 def test_clock_formats_any_instant_like_datetime(micros: int) -> None:
-    clock = _UtcClock()
+    clock = UtcClock()
     expected = datetime.datetime.fromtimestamp(micros // 1_000_000, datetime.timezone.utc).replace(
         microsecond=micros % 1_000_000
     )
