@@ -218,7 +218,6 @@ class Deliveries:
     """
 
     __slots__ = (
-        "_failure",
         "_group",
         "_host",
         "_loop",
@@ -242,7 +241,6 @@ class Deliveries:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop: asyncio.Future[None] | None = None
         self._stopping = False
-        self._failure: BaseException | None = None
 
     @property
     def busy(self) -> bool:
@@ -253,11 +251,6 @@ class Deliveries:
             and self._loop is not None
             and not self._loop.is_closed()
         )
-
-    @property
-    def failure(self) -> BaseException | None:
-        """What took the group down, ``None`` while it is well."""
-        return self._failure
 
     def start(self, subscription: Subscription, loop: asyncio.AbstractEventLoop) -> None:
         """Run ``subscription`` in the group; the first call starts the host task."""
@@ -270,7 +263,7 @@ class Deliveries:
             self._spawn(self._group, subscription)
             return
         self._pending.append(subscription)
-        if self._host is None:
+        if self._host is None or self._host.done():
             # The one task not started from a task group: the group's own host. It
             # cannot be entered in subscribe()'s caller (a synchronous call that needs
             # no `async with`); aclose() awaits it and reports its failure.
@@ -341,9 +334,8 @@ class Deliveries:
                 if not self._stopping:
                     await stop
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError) and self._failure is None:
+            if isinstance(exc, asyncio.CancelledError):
                 raise  # the host itself was cancelled (its loop shutting down)
-            self._failure = exc
             logger.error(
                 "event delivery failed outside any callback; the stream delivers no more",
                 exc_info=exc,
