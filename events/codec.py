@@ -2,7 +2,7 @@
 
 Error tree::
 
-    ValueError
+    EventsError, ValueError
      └── EventDecodeError      any input decode_event() cannot turn into an Event
 """
 
@@ -10,6 +10,7 @@ from typing import Final
 
 import msgspec
 
+from events.errors import EventsError
 from events.models import (
     CmdOutputChunk,
     CmdOutputObservation,
@@ -65,7 +66,7 @@ EVENT_TYPES: Final[tuple[type[Event], ...]] = (
 )
 
 
-class EventDecodeError(ValueError):
+class EventDecodeError(EventsError, ValueError):
     """Raised by :func:`decode_event` for any input that is not an encoded event."""
 
 

@@ -6,6 +6,7 @@ Tree::
     ├── EventDecodeError        bytes that are not an event (events.codec; also a ValueError)
     ├── ControlDecodeError      bytes that are not a control frame (events.control; ValueError)
     ├── StreamClosedError       append to a closed stream (events.stream; also a RuntimeError)
+    │   └── DeliveryError       a delivery task died outside its callback: the stream is down
     └── LogError                the durable log (events.log)
         ├── NotALogError        a file that is not a log of ours (also a ValueError)
         ├── LogLockedError      another process holds the log

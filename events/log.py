@@ -43,7 +43,7 @@ intact with everything that was synced. A process holds an exclusive
 
 Error tree::
 
-    Exception
+    EventsError (events.errors)
      └── LogError
           ├── NotALogError (also ValueError)   the file is not an event log
           ├── LogLockedError                    another EventLog holds the file open
@@ -68,6 +68,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from events.codec import EventDecodeError, decode_event, encode_event
+from events.errors import EventsError
 from events.models import Event
 
 if sys.platform != "win32":
@@ -104,7 +105,7 @@ _FRAME_SIZE: Final = _FRAME.size
 _fdatasync: Final[Callable[[int], None]] = getattr(os, "fdatasync", os.fsync)
 
 
-class LogError(Exception):
+class LogError(EventsError):
     """Root of the errors raised by the durable event log."""
 
 

@@ -2,12 +2,10 @@
 
 :meth:`EventStream.append` gives each event the next id (gapless, from 0),
 a UTC timestamp and its source, hides secrets, and stores the copy. The
-history is the single source of truth: a subscriber is a cursor into it
-(the next id it has to see) plus a wake-up future it parks on when it has
-caught up. There is no per-subscriber queue of events, so a slow subscriber
-costs O(1) memory however far behind it falls, and ``append`` never waits
-for anyone. This follows the pull-by-position model of event sourcing; the
-wake-up is the push optimisation on top.
+history is the single source of truth: subscribers and followers are
+cursors into it (:mod:`events.delivery`), so ``append`` never waits for
+anyone. This follows the pull-by-position model of event sourcing; waking
+the cursors is the push optimisation on top.
 
 Where the history lives: in memory, for the life of the stream (a durable
 stream also writes it to its :class:`~events.log.EventLog` and rehydrates it
@@ -41,10 +39,18 @@ runtime that subscribes before the stream. ``close()`` is the same for
 code without a running loop; it blocks until the log is synced and does
 not wait for deliveries.
 
+Delivery (:mod:`events.delivery`): each subscriber's task is a child of one
+``asyncio.TaskGroup`` the stream owns, started by the first ``subscribe()``
+and ended by ``aclose()``. A delivery task that dies outside its callback (a
+bug, never a callback's ``Exception``) takes the stream down: every delivery
+is cancelled, the error is logged at once, and appends, subscribes and
+``aclose()`` raise :class:`DeliveryError`.
+
 Error tree::
 
-    RuntimeError
+    EventsError (events.errors), RuntimeError
      └── StreamClosedError        append/subscribe after close
+          └── DeliveryError       a delivery task died outside its callback: the stream is down
     ValueError                    re-appending an event, duplicate subscriber id, bad id
     events.log.LogError           from a durable stream: see events.log
 """
@@ -57,72 +63,39 @@ import itertools
 import logging
 import os
 import threading
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Final, TypeVar
 
 import msgspec
 
+from events.clock import UtcClock
+from events.delivery import Deliveries, EventCallback, Follower, Subscription, wake_all
+from events.errors import EventsError
 from events.log import EventLog, LogWriteError
 from events.models import Event, EventSource
 from events.secrets import SecretMasker
 
-__all__ = ["EventCallback", "EventStream", "StreamClosedError", "Subscription"]
+__all__ = ["DeliveryError", "EventCallback", "EventStream", "StreamClosedError", "Subscription"]
 
 logger = logging.getLogger(__name__)
 
-EventCallback = Callable[[Event], Awaitable[None]]
 _E = TypeVar("_E", bound=Event)
-
-_YIELD_EVERY: Final = 256
-"""Deliveries in a row after which a catching-up subscriber yields to the loop.
-
-A callback that never suspends would otherwise run a long backlog in one go
-and starve every other task (the appender included).
-"""
 
 _replace: Final = msgspec.structs.replace
 
 
-class StreamClosedError(RuntimeError):
+class StreamClosedError(EventsError, RuntimeError):
     """The stream was closed: it accepts no more events or subscribers."""
 
 
-_MICROS_AND_ZONE: Final = tuple(f"{i:03d}+00:00" for i in range(1000))
+class DeliveryError(StreamClosedError):
+    """A delivery task died outside any callback (a bug): the stream went down with it.
 
-
-class _UtcClock:
-    """ISO-8601 UTC timestamps with microseconds, formatting the rest once a millisecond.
-
-    ``datetime.now(timezone.utc).isoformat()`` costs ~0.9 µs, a large share
-    of an append; this costs ~0.15 µs. Not thread-safe: each stream owns one
-    and uses it under its lock.
+    Every delivery was cancelled; appends and subscribes raise this, and so
+    does ``aclose()``. The original error is the ``__cause__``.
     """
-
-    __slots__ = ("_next", "_prefix", "_start")
-
-    def __init__(self) -> None:
-        self._start = 0  # the current millisecond, in µs since the epoch
-        self._next = 0
-        self._prefix = ""  # "YYYY-MM-DDTHH:MM:SS.mmm" of that millisecond
-
-    def now(self) -> str:
-        return self.at(int(time.time() * 1e6))
-
-    def at(self, micros: int) -> str:
-        """The timestamp of ``micros`` microseconds since the epoch."""
-        if micros >= self._next or micros < self._start:
-            self._roll(micros)
-        return self._prefix + _MICROS_AND_ZONE[micros - self._start]
-
-    def _roll(self, micros: int) -> None:
-        start = micros - micros % 1000
-        second, milli = divmod(start // 1000, 1000)
-        self._prefix = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(second))}.{milli:03d}"
-        self._start = start
-        self._next = start + 1000
 
 
 def _loop_running() -> bool:
@@ -139,136 +112,6 @@ _FailureWaiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[LogWriteError]
 def _set_error_result(future: asyncio.Future[LogWriteError], error: LogWriteError) -> None:
     if not future.done():
         future.set_result(error)
-
-
-def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_result(None)
-
-
-class Subscription:
-    """A callback's place in the stream; made by :meth:`EventStream.subscribe`."""
-
-    __slots__ = ("_active", "_callback", "_next_id", "_stream", "_subscriber_id", "_waiter")
-
-    def __init__(
-        self, stream: EventStream, callback: EventCallback, subscriber_id: str, next_id: int
-    ) -> None:
-        self._stream = stream
-        self._callback = callback
-        self._subscriber_id = subscriber_id
-        self._next_id = next_id
-        self._active = True
-        self._waiter: asyncio.Future[None] | None = None
-
-    def __repr__(self) -> str:
-        return f"<Subscription {self._subscriber_id!r} next_id={self._next_id}>"
-
-    @property
-    def subscriber_id(self) -> str:
-        return self._subscriber_id
-
-    @property
-    def next_id(self) -> int:
-        """The id of the next event this subscriber will be given."""
-        return self._next_id
-
-    @property
-    def active(self) -> bool:
-        """False once unsubscribed or once its delivery task ended."""
-        return self._active
-
-    def unsubscribe(self) -> None:
-        """Stop delivery: no callback starts after this returns (one already running finishes).
-
-        The subscriber id can be used again right away. Idempotent.
-        """
-        if not self._active:
-            return
-        self._active = False
-        self._stream._forget(self)
-        waiter = self._waiter
-        if waiter is not None:
-            self._stream._wake_futures([waiter])
-
-    async def _run(self) -> None:
-        stream = self._stream
-        events = stream._events
-        callback = self._callback
-        loop = asyncio.get_running_loop()
-        try:
-            while self._active:
-                position = self._next_id
-                end = len(events)
-                while position < end and self._active:
-                    event = events[position]
-                    position += 1
-                    self._next_id = position
-                    try:
-                        await callback(event)
-                    except Exception:
-                        logger.exception(
-                            "subscriber %r raised on event %d", self._subscriber_id, event.id
-                        )
-                    if not position % _YIELD_EVERY:
-                        await asyncio.sleep(0)
-                if position < len(events) or not self._active:
-                    continue
-                if stream._closed:
-                    return
-                waiter = self._waiter = loop.create_future()
-                stream._waiters.append(waiter)
-                # Re-check after registering: an append from another thread may have
-                # run between the length check above and the registration.
-                if position < len(events) or stream._closed or not self._active:
-                    continue
-                await waiter
-        finally:
-            self._waiter = None
-            if self._active:
-                self._active = False
-                stream._forget(self)
-
-
-class _Follower:
-    """The async iterator returned by :meth:`EventStream.follow`."""
-
-    __slots__ = ("_budget", "_next_id", "_stream")
-
-    def __init__(self, stream: EventStream, next_id: int) -> None:
-        self._stream = stream
-        self._next_id = next_id
-        self._budget = _YIELD_EVERY
-
-    def __aiter__(self) -> _Follower:
-        return self
-
-    async def __anext__(self) -> Event:
-        stream = self._stream
-        events = stream._events
-        while True:
-            position = self._next_id
-            if position < len(events):
-                self._next_id = position + 1
-                self._budget -= 1
-                if not self._budget:
-                    self._budget = _YIELD_EVERY
-                    await asyncio.sleep(0)
-                return events[position]
-            if stream._failed:
-                error = stream.write_error
-                assert error is not None
-                raise error
-            if stream._closed:
-                raise StopAsyncIteration
-            loop = stream._bind_loop()
-            waiter: asyncio.Future[None] = loop.create_future()
-            stream._waiters.append(waiter)
-            if self._next_id < len(events) or stream._closed or stream._failed:
-                continue
-            await waiter
-            self._budget = _YIELD_EVERY
 
 
 class EventStream:
@@ -296,11 +139,10 @@ class EventStream:
         self._events: list[Event] = self._log.recovered if self._log is not None else []
         self._drain_timeout = drain_timeout
         self._lock = threading.Lock()
-        self._now = _UtcClock().now
+        self._now = UtcClock().now
         self._masker: SecretMasker | None = None
         self._closed = False
         self._subscriptions: dict[str, Subscription] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self._waiters: list[asyncio.Future[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -308,6 +150,8 @@ class EventStream:
         self._stream_id = self._log.log_id if self._log is not None else uuid.uuid4().hex
         self._failed = False
         self._failure_waiters: list[_FailureWaiter] = []
+        self._deliveries = Deliveries(self._stream_id, self._delivery_failed)
+        self._delivery_error: DeliveryError | None = None
         if self._log is not None:
             self._log.on_failure = self._log_failed
 
@@ -425,7 +269,7 @@ class EventStream:
             return self._append_masked(event, source, self._masker)
         with self._lock:
             if self._closed:
-                raise StreamClosedError("the event stream is closed")
+                raise self._closed_error()
             stored = _replace(event, id=len(self._events), timestamp=self._now(), source=source)
             if self._log is not None:
                 self._log.append(stored)
@@ -438,7 +282,7 @@ class EventStream:
         changes = masker.changes(event)
         with self._lock:
             if self._closed:
-                raise StreamClosedError("the event stream is closed")
+                raise self._closed_error()
             try:
                 stored = _replace(
                     event, id=len(self._events), timestamp=self._now(), source=source, **changes
@@ -482,7 +326,7 @@ class EventStream:
         ``ValueError``.
         """
         if self._closed:
-            raise StreamClosedError("the event stream is closed")
+            raise self._closed_error()
         if from_id is not None and from_id < 0:
             raise ValueError(f"from_id must be >= 0 or None, got {from_id}")
         loop = self._bind_loop()
@@ -495,16 +339,14 @@ class EventStream:
         start = len(self._events) if from_id is None else from_id
         subscription = Subscription(self, callback, subscriber_id, start)
         self._subscriptions[subscriber_id] = subscription
-        task = loop.create_task(subscription._run(), name=f"event-subscriber:{subscriber_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        self._deliveries.start(subscription, loop)
         return subscription
 
-    def follow(self, from_id: int = 0) -> _Follower:
+    def follow(self, from_id: int = 0) -> Follower:
         """Iterate the stored events from ``from_id``, then live ones, until the stream closes."""
         if from_id < 0:
             raise ValueError(f"from_id must be >= 0, got {from_id}")
-        return _Follower(self, from_id)
+        return Follower(self, from_id)
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         try:
@@ -512,7 +354,7 @@ class EventStream:
         except RuntimeError:
             raise RuntimeError("subscribing to an EventStream needs a running event loop") from None
         if loop is not self._loop:
-            if self._loop is not None and not self._loop.is_closed() and self._tasks:
+            if self._loop is not None and not self._loop.is_closed() and self._deliveries.busy:
                 raise RuntimeError("this EventStream delivers events in another event loop")
             self._waiters = []  # any left belong to the old loop, whose tasks are gone
             self._loop = loop
@@ -523,12 +365,19 @@ class EventStream:
         if self._subscriptions.get(subscription.subscriber_id) is subscription:
             del self._subscriptions[subscription.subscriber_id]
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error(
-                "event delivery task %s failed", task.get_name(), exc_info=task.exception()
-            )
+    def _closed_error(self) -> StreamClosedError:
+        if self._delivery_error is not None:
+            return self._delivery_error
+        return StreamClosedError("the event stream is closed")
+
+    def _delivery_failed(self, error: BaseException) -> None:
+        # On the loop, from the deliveries' host task, after every delivery was cancelled.
+        failure = DeliveryError(f"event delivery failed: {error!r}")
+        failure.__cause__ = error
+        with self._lock:
+            self._delivery_error = failure
+            self._closed = True
+        self._wake()
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -536,10 +385,10 @@ class EventStream:
 
     def _wake_futures(self, waiters: list[asyncio.Future[None]]) -> None:
         if threading.get_ident() == self._loop_thread:
-            _wake_all(waiters)
+            wake_all(waiters)
         elif self._loop is not None:
             with contextlib.suppress(RuntimeError):  # a closed loop: its waiters are gone
-                self._loop.call_soon_threadsafe(_wake_all, waiters)
+                self._loop.call_soon_threadsafe(wake_all, waiters)
 
     # ------------------------------------------------------------------ closing
 
@@ -558,34 +407,18 @@ class EventStream:
         """Close: refuse appends, drain subscribers (bounded), end follows, sync the log.
 
         Raises :class:`~events.log.LogWriteError` if some events never reached
-        the disk. Idempotent.
+        the disk, :class:`DeliveryError` if delivery went down. Idempotent.
         """
         with self._lock:
             self._closed = True
         if self._log is not None:
             self._log.start_close()  # the writer syncs what is queued while we drain
         self._wake()
-        # A subscriber may close the stream from its own callback: its task ends by
-        # itself once that callback returns, so it must not wait for itself.
-        current = asyncio.current_task()
-        tasks = [task for task in self._tasks if not task.done() and task is not current]
-        try:
-            if tasks:
-                _, pending = await asyncio.wait(tasks, timeout=self._drain_timeout)
-                if pending:
-                    logger.warning(
-                        "cancelling %d event subscribers still busy %.1f s after close",
-                        len(pending),
-                        self._drain_timeout,
-                    )
-                    for task in pending:
-                        task.cancel()
-                    await asyncio.wait(pending)
-        finally:
-            for task in tasks:
-                task.cancel()  # only matters if we were cancelled ourselves
+        await self._deliveries.aclose(self._drain_timeout)
         if self._log is not None:
             await self._log.aclose()
+        if self._delivery_error is not None:
+            raise self._delivery_error
 
     def close(self) -> None:
         """Close from code without a running event loop; blocks until the log is synced.
@@ -599,5 +432,6 @@ class EventStream:
         with self._lock:
             self._closed = True
         self._wake()
+        self._deliveries.stop()
         if self._log is not None:
             self._log.close()

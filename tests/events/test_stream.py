@@ -23,7 +23,8 @@ from events import (
     EventStream,
     Subscription,
 )
-from events.stream import StreamClosedError, _UtcClock
+from events.clock import UtcClock
+from events.stream import StreamClosedError
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")
 
@@ -56,6 +57,11 @@ class Recorder:
 
 def subscriber_tasks() -> list[asyncio.Task[object]]:
     return [t for t in asyncio.all_tasks() if t.get_name().startswith("event-subscriber:")]
+
+
+def delivery_hosts() -> list[asyncio.Task[object]]:
+    """The tasks running a stream's delivery task group."""
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("event-deliveries:")]
 
 
 # --------------------------------------------------------------------------- append
@@ -124,7 +130,7 @@ def test_timestamps_are_iso8601_utc_and_current() -> None:
 
 @given(st.integers(min_value=0, max_value=253402300799_999999))  # up to 9999-12-31
 def test_clock_formats_any_instant_like_datetime(micros: int) -> None:
-    clock = _UtcClock()
+    clock = UtcClock()
     expected = datetime.datetime.fromtimestamp(micros // 1_000_000, datetime.timezone.utc).replace(
         microsecond=micros % 1_000_000
     )
@@ -440,10 +446,13 @@ async def test_aclose_drains_pending_deliveries_then_ends_the_tasks() -> None:
     stream.subscribe(slowish, subscriber_id="slowish")
     for i in range(20):
         stream.append(cmd(i))
+    assert delivery_hosts()  # started by the first subscribe()
+    await asyncio.sleep(0)  # the group's host task starts the delivery task
     assert subscriber_tasks()
     await stream.aclose()
     assert delivered == list(range(20))
     assert not subscriber_tasks()
+    assert not delivery_hosts()
     await stream.aclose()  # idempotent
 
 
