@@ -17,11 +17,13 @@ import contextlib
 import logging
 import uuid
 import weakref
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio
+import anyio.abc
 
 from events import (
     Action,
@@ -102,8 +104,10 @@ class EventStreamRuntime:
         self._dispatched: set[int] = set()
         self._closed = False
         self._connected = False
-        self._background: set[asyncio.Task[None]] = set()
-        self._failure_watch: asyncio.Task[None] | None = None
+        # The supervisor: one task (started by connect(), stopped by aclose()) that runs
+        # the task group every background task of this runtime lives in.
+        self._supervisor: asyncio.Task[None] | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -135,14 +139,20 @@ class EventStreamRuntime:
             logger.exception("could not append a runtime status event")
 
     async def connect(self) -> None:
-        """Start (or attach to) the sandbox and open the action channel."""
+        """Start (or attach to) the sandbox and open the action channel.
+
+        The first connect() starts the runtime's supervisor task group (see
+        :meth:`_start_soon`); aclose() ends it, from whatever task calls it.
+        """
         if self._closed:
             raise SandboxClosedError("this runtime was closed; make a new one")
         if self._connected:
             return
         self._claim_session()
         self.report_status(RuntimeStatus.STARTING, f"starting sandbox {self.session_id}")
+        started_supervisor = False
         try:
+            started_supervisor = await self._start_supervisor()
             endpoint = await self._start_sandbox()
             channel = ChannelClient(
                 endpoint.url,
@@ -159,10 +169,15 @@ class EventStreamRuntime:
                     str(exc) if isinstance(exc, SandboxError) else f"{type(exc).__name__}: {exc}"
                 )
                 self.report_status(RuntimeStatus.ERROR, message)
-            await self._stop_quietly()
+            with anyio.CancelScope(shield=True):
+                await self._stop_quietly()
+                if started_supervisor:
+                    # A failed start cancels what it started (the sandbox's own tasks too).
+                    await self._stop_supervisor()
             self._release_session()
             raise
         self._channel = channel
+        self._start_soon(self._serve_channel, channel, name=f"runtime-{self.session_id}-channel")
         # Events before this id are history (scanned for unanswered actions below);
         # the subscription delivers every later one.
         boundary = len(self.stream)
@@ -170,13 +185,92 @@ class EventStreamRuntime:
             self._on_stream_event, subscriber_id=f"runtime-{self.session_id}-{uuid.uuid4().hex[:8]}"
         )
         self._connected = True
-        if self._failure_watch is None:
-            self._failure_watch = asyncio.get_running_loop().create_task(
-                self._watch_stream_failure(), name=f"runtime-{self.session_id}-log-failure"
-            )
         resumed = await self._resume_pending(boundary)
         note = f"; resent {resumed} unanswered action(s)" if resumed else ""
         self.report_status(RuntimeStatus.READY, f"sandbox {self.session_id} is ready{note}")
+
+    # ------------------------------------------------------------------ the supervisor
+
+    def _start_soon(
+        self, func: Callable[..., Coroutine[Any, Any, object]], *args: Any, name: str | None = None
+    ) -> None:
+        """Run ``func(*args)`` in the runtime's task group, from connect() until aclose().
+
+        For subclasses too (a container watcher, a log drainer): the task is
+        cancelled by aclose(); if it raises, the runtime reports the error
+        (a ``RuntimeStatusObservation(error)``, every waiting action answered)
+        and its other tasks are cancelled.
+        """
+        if self._task_group is None:
+            raise SandboxClosedError("the runtime is not connected")
+        self._task_group.start_soon(func, *args, name=name)
+
+    async def _start_supervisor(self) -> bool:
+        """Start the supervisor unless it runs; whether this call started it."""
+        if self._supervisor is not None:
+            return False
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The one task this runtime starts outside a task group, deliberately: connect()
+        # and aclose() may run in different tasks (a fixture's setup and teardown), and a
+        # task group must be left by the task that entered it; so one task of its own
+        # enters it, and aclose() cancels and awaits that task.
+        supervisor = asyncio.get_running_loop().create_task(
+            self._supervise(ready), name=f"runtime-{self.session_id}-supervisor"
+        )
+        self._supervisor = supervisor
+        try:
+            await asyncio.wait([ready, supervisor], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            await self._stop_supervisor()
+            raise
+        if not ready.done():
+            await self._stop_supervisor()
+            raise SandboxClosedError("the runtime's supervisor ended before it started")
+        return True
+
+    async def _supervise(self, ready: asyncio.Future[None]) -> None:
+        try:
+            async with anyio.create_task_group() as task_group:
+                self._task_group = task_group
+                task_group.start_soon(
+                    self._watch_stream_failure, name=f"runtime-{self.session_id}-log-failure"
+                )
+                ready.set_result(None)
+                await anyio.sleep_forever()
+        except Exception as exc:
+            # A task of this runtime died: loudly, on the stream and in every waiting run().
+            logger.exception("sandbox %s: a task of the runtime failed", self.session_id)
+            self._runtime_failed(f"the runtime failed: {_describe(exc)}")
+        finally:
+            self._task_group = None
+
+    async def _stop_supervisor(self) -> None:
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is None:
+            return
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait([supervisor])
+        if not supervisor.cancelled() and (error := supervisor.exception()) is not None:
+            raise error
+
+    async def _serve_channel(self, channel: ChannelClient) -> None:
+        try:
+            await channel.run()
+        except Exception as exc:
+            # The reader died (the channel answered what was pending with an error):
+            # the runtime reports it instead of the task group crashing the runtime.
+            logger.exception("sandbox %s: the action channel failed", self.session_id)
+            self.report_status(RuntimeStatus.ERROR, f"the action channel failed: {_describe(exc)}")
+
+    def _runtime_failed(self, reason: str) -> None:
+        if self._channel is not None:
+            self._channel.fail_pending(reason)
+        for future in self._waiters.values():
+            if not future.done():
+                future.set_exception(SandboxError(reason))
+        self.report_status(RuntimeStatus.ERROR, reason)
 
     def _claim_session(self) -> None:
         if self.session_scope is None:
@@ -249,9 +343,9 @@ class EventStreamRuntime:
             self._subscription = None
         if channel is not None:
             channel.fail_pending(reason)
-            task = asyncio.get_running_loop().create_task(channel.aclose())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            # The reader (in the supervisor) sees its channel closed and ends; the
+            # socket is closed on its way out.
+            channel.close_soon()
         self._connected = False
         self.report_status(RuntimeStatus.ERROR, reason)
 
@@ -259,28 +353,24 @@ class EventStreamRuntime:
         if self._closed:
             return
         self._closed = True
-        if self._failure_watch is not None:
-            self._failure_watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._failure_watch
-            self._failure_watch = None
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
         if self._subscription is not None:
             self._subscription.unsubscribe()
             self._subscription = None
-        if self._channel is not None:
-            self._channel.fail_pending("the runtime was closed")
-            await self._channel.aclose()
-            self._channel = None
-        for future in self._waiters.values():
-            if not future.done():
-                future.set_exception(SandboxClosedError("the runtime was closed"))
-        self._waiters.clear()
         try:
-            await self._stop_sandbox()
+            if self._channel is not None:
+                self._channel.fail_pending("the runtime was closed")
+                await self._channel.aclose()
+                self._channel = None
+            for future in self._waiters.values():
+                if not future.done():
+                    future.set_exception(SandboxClosedError("the runtime was closed"))
+            self._waiters.clear()
+            await self._stop_supervisor()
         finally:
-            self._release_session()
+            try:
+                await self._stop_sandbox()
+            finally:
+                self._release_session()
         self._connected = False
         self.report_status(RuntimeStatus.CLOSED, f"sandbox {self.session_id} closed")
 
@@ -396,3 +486,13 @@ def _starts_a_command(action: Action) -> bool:
         and bool(action.command.strip())
         and special_key(action.command) is None
     )
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an error: a task group's group of one is the one error."""
+    # getattr: BaseExceptionGroup is a builtin from Python 3.11 on only.
+    inner: object = getattr(exc, "exceptions", None)
+    while isinstance(inner, tuple) and len(inner) == 1 and isinstance(inner[0], BaseException):
+        exc = inner[0]
+        inner = getattr(exc, "exceptions", None)
+    return f"{type(exc).__name__}: {exc}"
