@@ -247,8 +247,9 @@ class ChannelClient:
         """Read frames and reconnect until the client is closed or gives up.
 
         An exception out of here (a frame the owner's ``on_event`` cannot
-        take, a bug) first answers every pending action with an error: the
-        client is failed for good.
+        take, a bug) first answers every pending action with an error and
+        delivers a ``RuntimeStatusObservation(error)`` naming it: the client
+        is failed for good.
         """
         self._reader_scope = anyio.CancelScope()
         with self._reader_scope:
@@ -268,7 +269,9 @@ class ChannelClient:
                     logger.warning("action channel to %s lost; reconnecting", self._url)
                     await self._reconnect()
             except Exception as exc:
-                self.fail_pending(f"the action channel failed: {type(exc).__name__}: {exc}")
+                # Never silent: every pending action is answered, then the status says why.
+                self.protocol.died(f"the action channel failed: {type(exc).__name__}: {exc}")
+                self._deliver()
                 raise
             finally:
                 await self._close_connection()

@@ -159,6 +159,11 @@ class ChannelProtocol:
         for action_id in sorted(self.pending):
             self._answer_error(action_id, reason)
 
+    def died(self, reason: str) -> None:
+        """The reader ended by an error: fail for good, and say so after the answers."""
+        self.fail(reason)
+        self._incoming.append(RuntimeStatusObservation(RuntimeStatus.ERROR, reason))
+
     def close(self) -> None:
         """No more frames either way; what is pending stays unanswered (fail() first)."""
         self.state = ChannelState.CLOSED

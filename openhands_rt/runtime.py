@@ -258,11 +258,11 @@ class EventStreamRuntime:
     async def _serve_channel(self, channel: ChannelClient) -> None:
         try:
             await channel.run()
-        except Exception as exc:
-            # The reader died (the channel answered what was pending with an error):
-            # the runtime reports it instead of the task group crashing the runtime.
+        except Exception:
+            # The reader died; the channel answered what was pending and appended the
+            # error status (through _on_channel_event). The runtime lives on: later
+            # actions are answered with that error at once.
             logger.exception("sandbox %s: the action channel failed", self.session_id)
-            self.report_status(RuntimeStatus.ERROR, f"the action channel failed: {_describe(exc)}")
 
     def _runtime_failed(self, reason: str) -> None:
         if self._channel is not None:
