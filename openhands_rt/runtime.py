@@ -20,27 +20,31 @@ import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar, cast
 
 import anyio
 import anyio.abc
 
 from events import (
     Action,
+    CmdOutputChunk,
     CmdRunAction,
     Event,
     EventSource,
     EventStream,
     IPythonRunCellAction,
     Observation,
+    OpenHandsEvent,
     RuntimeStatus,
     RuntimeStatusObservation,
     Subscription,
 )
+from events.codec import AnyEvent
 from events.wire import ACTION_TYPES, is_runnable, special_key
 from openhands_rt.channel import ChannelClient
 from openhands_rt.config import SandboxConfig
 from openhands_rt.errors import SandboxClosedError, SandboxError, SessionInUseError
+from openhands_rt.supervisor import Supervisor, describe_error
 
 __all__ = ["EventStreamRuntime", "SandboxEndpoint"]
 
@@ -104,10 +108,9 @@ class EventStreamRuntime:
         self._dispatched: set[int] = set()
         self._closed = False
         self._connected = False
-        # The supervisor: one task (started by connect(), stopped by aclose()) that runs
-        # the task group every background task of this runtime lives in.
-        self._supervisor: asyncio.Task[None] | None = None
-        self._task_group: anyio.abc.TaskGroup | None = None
+        # Every background task of this runtime lives in its task group, from the first
+        # connect() until aclose() (see openhands_rt.supervisor).
+        self._supervisor = Supervisor(f"runtime-{self.session_id}", on_failure=self._task_failed)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -151,8 +154,13 @@ class EventStreamRuntime:
         self._claim_session()
         self.report_status(RuntimeStatus.STARTING, f"starting sandbox {self.session_id}")
         started_supervisor = False
+        channel: ChannelClient | None = None
         try:
-            started_supervisor = await self._start_supervisor()
+            started_supervisor = await self._supervisor.start()
+            if started_supervisor:
+                self._start_soon(
+                    self._watch_stream_failure, name=f"runtime-{self.session_id}-log-failure"
+                )
             endpoint = await self._start_sandbox()
             channel = ChannelClient(
                 endpoint.url,
@@ -163,6 +171,9 @@ class EventStreamRuntime:
                 peer_uid=endpoint.peer_uid,
             )
             await channel.open()
+            self._start_soon(
+                self._serve_channel, channel, name=f"runtime-{self.session_id}-channel"
+            )
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
                 message = (
@@ -170,14 +181,15 @@ class EventStreamRuntime:
                 )
                 self.report_status(RuntimeStatus.ERROR, message)
             with anyio.CancelScope(shield=True):
+                if channel is not None:
+                    await channel.aclose()
                 await self._stop_quietly()
                 if started_supervisor:
                     # A failed start cancels what it started (the sandbox's own tasks too).
-                    await self._stop_supervisor()
+                    await self._supervisor.aclose()
             self._release_session()
             raise
         self._channel = channel
-        self._start_soon(self._serve_channel, channel, name=f"runtime-{self.session_id}-channel")
         # Events before this id are history (scanned for unanswered actions below);
         # the subscription delivers every later one.
         boundary = len(self.stream)
@@ -201,59 +213,7 @@ class EventStreamRuntime:
         (a ``RuntimeStatusObservation(error)``, every waiting action answered)
         and its other tasks are cancelled.
         """
-        if self._task_group is None:
-            raise SandboxClosedError("the runtime is not connected")
-        self._task_group.start_soon(func, *args, name=name)
-
-    async def _start_supervisor(self) -> bool:
-        """Start the supervisor unless it runs; whether this call started it."""
-        if self._supervisor is not None:
-            return False
-        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # The one task this runtime starts outside a task group, deliberately: connect()
-        # and aclose() may run in different tasks (a fixture's setup and teardown), and a
-        # task group must be left by the task that entered it; so one task of its own
-        # enters it, and aclose() cancels and awaits that task.
-        supervisor = asyncio.get_running_loop().create_task(
-            self._supervise(ready), name=f"runtime-{self.session_id}-supervisor"
-        )
-        self._supervisor = supervisor
-        try:
-            await asyncio.wait([ready, supervisor], return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            await self._stop_supervisor()
-            raise
-        if not ready.done():
-            await self._stop_supervisor()
-            raise SandboxClosedError("the runtime's supervisor ended before it started")
-        return True
-
-    async def _supervise(self, ready: asyncio.Future[None]) -> None:
-        try:
-            async with anyio.create_task_group() as task_group:
-                self._task_group = task_group
-                task_group.start_soon(
-                    self._watch_stream_failure, name=f"runtime-{self.session_id}-log-failure"
-                )
-                ready.set_result(None)
-                await anyio.sleep_forever()
-        except Exception as exc:
-            # A task of this runtime died: loudly, on the stream and in every waiting run().
-            logger.exception("sandbox %s: a task of the runtime failed", self.session_id)
-            self._runtime_failed(f"the runtime failed: {_describe(exc)}")
-        finally:
-            self._task_group = None
-
-    async def _stop_supervisor(self) -> None:
-        supervisor, self._supervisor = self._supervisor, None
-        if supervisor is None:
-            return
-        if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
-        with anyio.CancelScope(shield=True):
-            await asyncio.wait([supervisor])
-        if not supervisor.cancelled() and (error := supervisor.exception()) is not None:
-            raise error
+        self._supervisor.start_soon(func, *args, name=name)
 
     async def _serve_channel(self, channel: ChannelClient) -> None:
         try:
@@ -264,7 +224,9 @@ class EventStreamRuntime:
             # actions are answered with that error at once.
             logger.exception("sandbox %s: the action channel failed", self.session_id)
 
-    def _runtime_failed(self, reason: str) -> None:
+    def _task_failed(self, exc: Exception) -> None:
+        # A task of this runtime died: loudly, on the stream and in every waiting run().
+        reason = f"the runtime failed: {describe_error(exc)}"
         if self._channel is not None:
             self._channel.fail_pending(reason)
         for future in self._waiters.values():
@@ -365,7 +327,7 @@ class EventStreamRuntime:
                 if not future.done():
                     future.set_exception(SandboxClosedError("the runtime was closed"))
             self._waiters.clear()
-            await self._stop_supervisor()
+            await self._supervisor.aclose()
         finally:
             try:
                 await self._stop_sandbox()
@@ -472,10 +434,16 @@ class EventStreamRuntime:
             if isinstance(event, Observation) and future is not None and not future.done():
                 future.set_exception(exc)
             return
-        if isinstance(stored, Observation) and stored.cause is not None:
-            future = self._waiters.get(stored.cause)
-            if future is not None and not future.done():
-                future.set_result(stored)
+        answered = cast("AnyEvent", stored)  # the decoder's union: nothing else arrives
+        match answered:
+            case Observation(cause=int(cause)):
+                future = self._waiters.get(cause)
+                if future is not None and not future.done():
+                    future.set_result(answered)
+            case Observation() | CmdOutputChunk() | Action() | OpenHandsEvent():
+                pass  # a chunk on the way, or news of no action: nobody waits for it
+            case _:
+                _assert_never(answered)
 
 
 def _starts_a_command(action: Action) -> bool:
@@ -488,11 +456,5 @@ def _starts_a_command(action: Action) -> bool:
     )
 
 
-def _describe(exc: BaseException) -> str:
-    """One line for an error: a task group's group of one is the one error."""
-    # getattr: BaseExceptionGroup is a builtin from Python 3.11 on only.
-    inner: object = getattr(exc, "exceptions", None)
-    while isinstance(inner, tuple) and len(inner) == 1 and isinstance(inner[0], BaseException):
-        exc = inner[0]
-        inner = getattr(exc, "exceptions", None)
-    return f"{type(exc).__name__}: {exc}"
+def _assert_never(value: NoReturn) -> NoReturn:  # typing.assert_never is 3.11+; mypy targets 3.10
+    raise AssertionError(f"unhandled event: {value!r}")

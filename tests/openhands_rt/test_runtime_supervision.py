@@ -74,7 +74,7 @@ async def test_a_failed_start_leaves_no_task_behind() -> None:
             await rt.connect()
         await asyncio.sleep(0)
         assert runtime_tasks() == []
-        assert rt._supervisor is None
+        assert not rt._supervisor.running
         await rt.aclose()
 
 
