@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from typing import NoReturn, cast
+from typing import Final, NoReturn
 
 import msgspec
 
@@ -79,6 +79,14 @@ class ChannelState(enum.Enum):
     CLOSED = "closed"
 
 
+# Module constants: an enum member looked up on its class is slow on Python 3.11 (frame() is hot).
+_IDLE: Final = ChannelState.IDLE
+_OPEN: Final = ChannelState.OPEN
+_RECONNECTING: Final = ChannelState.RECONNECTING
+_GAVE_UP: Final = ChannelState.GAVE_UP
+_CLOSED: Final = ChannelState.CLOSED
+
+
 class ChannelProtocol:
     """The sans-I/O core of one action channel (see the module docstring).
 
@@ -96,7 +104,7 @@ class ChannelProtocol:
         self.reconnect_deadline = reconnect_deadline
         self._backoff_start = backoff_start
         self._backoff_max = backoff_max
-        self.state = ChannelState.IDLE
+        self.state = _IDLE
         #: Encoded actions not answered yet, by id.
         self.pending: dict[int, bytes] = {}
         self.failed: str | None = None
@@ -109,7 +117,7 @@ class ChannelProtocol:
 
     def is_open(self) -> bool:
         """Whether a connection is open (frames go out now)."""
-        return self.state is ChannelState.OPEN
+        return self.state is _OPEN
 
     # ------------------------------------------------------------------ decisions
 
@@ -127,7 +135,7 @@ class ChannelProtocol:
 
     def send(self, action: Action) -> None:
         """``action`` (it must have an id) is pending until answered."""
-        if self.state is ChannelState.CLOSED:
+        if self.state is _CLOSED:
             raise SandboxClosedError("the action channel is closed")
         if action.id < 0:
             raise ValueError("an action needs its stream id before it is sent")
@@ -135,7 +143,7 @@ class ChannelProtocol:
         self.pending[action.id] = frame
         if self.failed is not None:
             self._answer_error(action.id, self.failed)
-        elif self.state is ChannelState.OPEN:
+        elif self.state is _OPEN:
             self._outgoing.append(frame)
         # Otherwise the next connection sends it (connected()).
 
@@ -146,7 +154,7 @@ class ChannelProtocol:
         resends actions, not interrupts); the action is still answered by its
         own observation.
         """
-        if action_id in self.pending and self.state is ChannelState.OPEN:
+        if action_id in self.pending and self.state is _OPEN:
             self._outgoing.append(encode_control(InterruptRequest(action_id)))
 
     def fail(self, reason: str, *, permanently: bool = True) -> None:
@@ -166,7 +174,7 @@ class ChannelProtocol:
 
     def close(self) -> None:
         """No more frames either way; what is pending stays unanswered (fail() first)."""
-        self.state = ChannelState.CLOSED
+        self.state = _CLOSED
         self.next_attempt = None
         self._outgoing.clear()
 
@@ -174,17 +182,17 @@ class ChannelProtocol:
 
     def connected(self) -> None:
         """A connection opened: every pending action is sent on it, in id order."""
-        if self.state is ChannelState.CLOSED:
+        if self.state is _CLOSED:
             return
-        self.state = ChannelState.OPEN
+        self.state = _OPEN
         self.next_attempt = None
         self._outgoing = [self.pending[action_id] for action_id in sorted(self.pending)]
 
     def disconnected(self, now: float) -> None:
         """The connection dropped at clock time ``now``: try again at once."""
-        if self.state is not ChannelState.OPEN:
+        if self.state is not _OPEN:
             return
-        self.state = ChannelState.RECONNECTING
+        self.state = _RECONNECTING
         self._outgoing.clear()  # they were for the lost connection; pending ones are resent
         self._deadline = now + self.reconnect_deadline
         self._backoff = self._backoff_start
@@ -193,7 +201,7 @@ class ChannelProtocol:
 
     def connect_failed(self, now: float, error: str) -> None:
         """A reconnection attempt failed at ``now``: back off, or give up past the deadline."""
-        if self.state is not ChannelState.RECONNECTING:
+        if self.state is not _RECONNECTING:
             return
         self._last_error = error
         if now + self._backoff > self._deadline:
@@ -204,12 +212,12 @@ class ChannelProtocol:
 
     def tick(self, now: float) -> None:
         """The clock reads ``now``: give up if the reconnect deadline has passed."""
-        if self.state is ChannelState.RECONNECTING and now > self._deadline:
+        if self.state is _RECONNECTING and now > self._deadline:
             self._give_up()
 
     def frame(self, data: bytes | str) -> None:
         """A frame arrived: route it to the owner, or drop it."""
-        if self.state is ChannelState.CLOSED:
+        if self.state is _CLOSED:
             return
         try:
             event = decode_event(data)
@@ -219,10 +227,10 @@ class ChannelProtocol:
         if event.id >= 0:
             # Ids are the host stream's to give; the server's numbering means nothing here.
             event = msgspec.structs.replace(event, id=-1)
-        routed = cast("AnyEvent", event)  # the decoder's union: nothing else decodes
+        routed: AnyEvent = event  # type: ignore[assignment]  # the decoder's union, no other
         match routed:
-            case CmdOutputChunk(cause=cause):
-                if cause not in self.pending:
+            case CmdOutputChunk():
+                if routed.cause not in self.pending:
                     return  # output of an action answered already (or never ours)
             case Observation() | Action() | OpenHandsEvent():
                 answers = routed.cause
@@ -236,7 +244,7 @@ class ChannelProtocol:
 
     def _give_up(self) -> None:
         reason = f"could not reconnect within {self.reconnect_deadline} s ({self._last_error})"
-        self.state = ChannelState.GAVE_UP
+        self.state = _GAVE_UP
         self.next_attempt = None
         self.fail(reason)
         self._incoming.append(

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, NoReturn, TypeVar, cast
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import anyio
 import anyio.abc
@@ -434,14 +434,14 @@ class EventStreamRuntime:
             if isinstance(event, Observation) and future is not None and not future.done():
                 future.set_exception(exc)
             return
-        answered = cast("AnyEvent", stored)  # the decoder's union: nothing else arrives
+        answered: AnyEvent = stored  # type: ignore[assignment]  # the decoder's union, no other
         match answered:
-            case Observation(cause=int(cause)):
-                future = self._waiters.get(cause)
+            case CmdOutputChunk() | Action() | OpenHandsEvent():
+                pass  # a chunk on the way, or no answer: nobody waits for it
+            case Observation():
+                future = self._waiters.get(answered.cause) if answered.cause is not None else None
                 if future is not None and not future.done():
                     future.set_result(answered)
-            case Observation() | CmdOutputChunk() | Action() | OpenHandsEvent():
-                pass  # a chunk on the way, or news of no action: nobody waits for it
             case _:
                 _assert_never(answered)
 
