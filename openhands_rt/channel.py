@@ -17,40 +17,27 @@ reported.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
 import stat
 import struct
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import TracebackType
 
-import msgspec
+import anyio
+import anyio.abc
 from websockets.asyncio.client import ClientConnection, connect, unix_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from events import (
-    Action,
-    CmdOutputChunk,
-    ErrorObservation,
-    Event,
-    EventDecodeError,
-    RuntimeStatus,
-    RuntimeStatusObservation,
-    decode_event,
-    encode_event,
-)
-from events.control import InterruptRequest, encode_control
-from events.wire import API_KEY_HEADER, CLIENT_ID_PARAM, MAX_FRAME_BYTES, ErrorId
-from openhands_rt.errors import SandboxClosedError, SandboxConnectionError
+from events import Action, Event
+from events.wire import API_KEY_HEADER, CLIENT_ID_PARAM, MAX_FRAME_BYTES
+from openhands_rt.channel_core import ChannelProtocol
+from openhands_rt.errors import SandboxConnectionError
 
 __all__ = ["API_KEY_HEADER", "ChannelClient"]
 
 logger = logging.getLogger(__name__)
-
-_BACKOFF_START = 0.02
-_BACKOFF_MAX = 1.0
 
 
 def _connect_checked_sync(path: str, peer_uid: int) -> socket.socket:
@@ -101,10 +88,18 @@ async def connect_checked(path: str, *, peer_uid: int) -> socket.socket:
 
 
 class ChannelClient:
-    """A reconnecting action channel to one sandbox server.
+    """A reconnecting action channel to one sandbox server: websockets around :mod:`channel_core`.
 
     ``on_event`` receives every chunk and observation from the server, in
-    arrival order, synchronously from the reader task.
+    arrival order, synchronously from the task that runs :meth:`run`.
+
+    The client starts no task. Its owner connects (:meth:`open`), then runs
+    :meth:`run` — the reader: frames in, reconnects with backoff — in a task
+    group of its own (:class:`~openhands_rt.runtime.EventStreamRuntime` runs it
+    in its supervisor), and closes it with :meth:`aclose`. ``async with
+    client:`` does all three for a client used on its own. :meth:`run`
+    returns once the client is closed or has given up reconnecting; any other
+    end is an exception, for the owner to report.
     """
 
     def __init__(
@@ -126,14 +121,17 @@ class ChannelClient:
         self._unix_socket = unix_socket
         self._peer_uid = peer_uid
         self._max_frame_bytes = max_frame_bytes
-        self._reconnect_deadline = reconnect_deadline
-        self.pending: dict[int, bytes] = {}
+        self.protocol = ChannelProtocol(reconnect_deadline=reconnect_deadline)
         self._ws: ClientConnection | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
-        self._closing = False
-        self._failed: str | None = None
+        # Cancels run(); made there (a cancel scope needs a running event loop).
+        self._reader_scope: anyio.CancelScope | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
         self.reconnects = 0
+
+    @property
+    def pending(self) -> Mapping[int, bytes]:
+        """Encoded actions sent and not answered yet, by id."""
+        return self.protocol.pending
 
     @property
     def ws_url(self) -> str:
@@ -165,30 +163,63 @@ class ChannelClient:
                 f"the sandbox answered the channel handshake with {exc.response.status_code}"
             ) from exc
 
+    # ------------------------------------------------------------------ lifecycle
+
     async def open(self) -> None:
         """Connect; errors here are raised to the caller (no retry)."""
         try:
             self._ws = await self._open()
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             raise SandboxConnectionError(f"cannot open the action channel: {exc}") from exc
-        self._connected.set()
-        self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+        self.protocol.connected()
+        await self._flush()
+
+    async def __aenter__(self) -> ChannelClient:
+        await self.open()
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        task_group.start_soon(self.run, name=f"channel-reader {self._url}")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task_group, self._task_group = self._task_group, None
+        try:
+            await self.aclose()
+        finally:
+            if task_group is not None:
+                await task_group.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        """Stop the reader and close the connection; what is pending stays so (fail_pending)."""
+        self.close_soon()
+        await self._close_connection()
+
+    def close_soon(self) -> None:
+        """Like :meth:`aclose`, from synchronous code: the reader closes the socket as it ends."""
+        self.protocol.close()
+        if self._reader_scope is not None:
+            self._reader_scope.cancel()
+
+    async def _close_connection(self) -> None:
+        ws = self._ws
+        if ws is None:
+            return
+        # Also on the way out of a cancelled reader: the socket is closed, not leaked.
+        with anyio.CancelScope(shield=True):
+            await ws.close()
+
+    # ------------------------------------------------------------------ the owner
 
     async def send(self, action: Action) -> None:
         """Send ``action`` (it must have an id); it stays pending until answered."""
-        if self._closing:
-            raise SandboxClosedError("the action channel is closed")
-        frame = encode_event(action)
-        self.pending[action.id] = frame
-        if self._failed is not None:
-            self._answer_error(action.id, self._failed)
-            return
-        ws = self._ws
-        if ws is None or not self._connected.is_set():
-            return  # resent by the reconnect
-        # On a closed connection the read loop reconnects and resends everything pending.
-        with contextlib.suppress(ConnectionClosed):
-            await ws.send(frame)
+        self.protocol.send(action)
+        await self._flush()
 
     async def interrupt(self, action_id: int) -> None:
         """Ask the server to interrupt pending action ``action_id`` (a control frame).
@@ -197,101 +228,90 @@ class ChannelClient:
         reconnect resends actions, not interrupts). The action is still
         answered by its own observation.
         """
-        ws = self._ws
-        if action_id not in self.pending or ws is None or not self._connected.is_set():
-            return
-        with contextlib.suppress(ConnectionClosed):
-            await ws.send(encode_control(InterruptRequest(action_id)))
-
-    def _answer_error(self, action_id: int, reason: str) -> None:
-        if self.pending.pop(action_id, None) is None:
-            return
-        self._on_event(
-            ErrorObservation(
-                f"The sandbox connection was lost before this action finished: {reason}",
-                error_id=ErrorId.CONNECTION_LOST,
-                cause=action_id,
-            )
-        )
+        self.protocol.interrupt(action_id)
+        await self._flush()
 
     def fail_pending(self, reason: str, *, permanently: bool = True) -> None:
         """Answer every pending action with an error (e.g. the container died)."""
-        if permanently:
-            self._failed = reason
-        for action_id in sorted(self.pending):
-            self._answer_error(action_id, reason)
-
-    def _dispatch(self, data: bytes | str) -> None:
-        try:
-            event = decode_event(data)
-        except EventDecodeError as exc:
-            logger.warning("dropping an undecodable frame from the sandbox: %s", exc)
-            return
-        if event.id >= 0:
-            event = msgspec.structs.replace(event, id=-1)
-        cause = event.cause
-        if cause is not None and not isinstance(event, CmdOutputChunk):
-            if cause not in self.pending:
-                return  # a duplicate answer after a resend: already delivered
-            del self.pending[cause]
-        self._on_event(event)
-
-    async def _read_loop(self) -> None:
-        while True:
-            ws = self._ws
-            assert ws is not None
-            try:
-                async for data in ws:
-                    self._dispatch(data)
-            except ConnectionClosed:
-                pass
-            if self._closing:
-                return
-            self._connected.clear()
-            logger.warning("action channel to %s lost; reconnecting", self._url)
-            if not await self._reconnect():
-                return
-
-    async def _reconnect(self) -> bool:
-        deadline = time.monotonic() + self._reconnect_deadline
-        delay = _BACKOFF_START
-        last_error = "connection closed"
-        while not self._closing:
-            try:
-                self._ws = await self._open()
-            except (OSError, InvalidHandshake, TimeoutError, SandboxConnectionError) as exc:
-                last_error = str(exc) or type(exc).__name__
-                if time.monotonic() + delay > deadline:
-                    break
-                await asyncio.sleep(delay)  # backoff between attempts, not a poll
-                delay = min(delay * 2, _BACKOFF_MAX)
-                continue
-            self.reconnects += 1
-            self._connected.set()
-            for action_id in sorted(self.pending):
-                try:
-                    await self._ws.send(self.pending[action_id])
-                except ConnectionClosed:
-                    break  # the loop notices and reconnects again
-            return True
-        if self._closing:
-            return False
-        reason = f"could not reconnect within {self._reconnect_deadline} s ({last_error})"
-        self.fail_pending(reason)
-        self._on_event(RuntimeStatusObservation(RuntimeStatus.ERROR, f"action channel: {reason}"))
-        return False
+        self.protocol.fail(reason, permanently=permanently)
+        self._deliver()
 
     async def drop_connection(self) -> None:
         """Close the socket without closing the client (tests: forces a reconnect)."""
         if self._ws is not None:
             await self._ws.close()
 
-    async def aclose(self) -> None:
-        self._closing = True
-        if self._ws is not None:
-            await self._ws.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._reader = None
+    # ------------------------------------------------------------------ the reader
+
+    async def run(self) -> None:
+        """Read frames and reconnect until the client is closed or gives up.
+
+        An exception out of here (a frame the owner's ``on_event`` cannot
+        take, a bug) first answers every pending action with an error and
+        delivers a ``RuntimeStatusObservation(error)`` naming it: the client
+        is failed for good.
+        """
+        self._reader_scope = anyio.CancelScope()
+        with self._reader_scope:
+            try:
+                while self.protocol.is_open():
+                    ws = self._ws
+                    assert ws is not None
+                    try:
+                        async for data in ws:
+                            self.protocol.frame(data)
+                            self._deliver()
+                    except ConnectionClosed:
+                        pass
+                    if not self.protocol.is_open():
+                        return  # closed meanwhile
+                    self.protocol.disconnected(_now())
+                    logger.warning("action channel to %s lost; reconnecting", self._url)
+                    await self._reconnect()
+            except Exception as exc:
+                # Never silent: every pending action is answered, then the status says why.
+                self.protocol.died(f"the action channel failed: {type(exc).__name__}: {exc}")
+                self._deliver()
+                raise
+            finally:
+                await self._close_connection()
+
+    async def _reconnect(self) -> None:
+        while (attempt_at := self.protocol.next_attempt) is not None:
+            await anyio.sleep(max(0.0, attempt_at - _now()))  # backoff, not a poll
+            self.protocol.tick(_now())
+            if self.protocol.next_attempt is None:
+                break
+            try:
+                ws = await self._open()
+            except (OSError, InvalidHandshake, TimeoutError, SandboxConnectionError) as exc:
+                self.protocol.connect_failed(_now(), str(exc) or type(exc).__name__)
+                continue
+            self._ws = ws
+            self.reconnects += 1
+            self.protocol.connected()
+            await self._flush()
+            return
+        self._deliver()  # gave up: the errors of what was pending, and the status
+
+    # ------------------------------------------------------------------ decisions
+
+    def _deliver(self) -> None:
+        for event in self.protocol.events_received():
+            self._on_event(event)
+
+    async def _flush(self) -> None:
+        self._deliver()
+        frames = self.protocol.data_to_send()
+        ws = self._ws
+        if not frames or ws is None:
+            return
+        try:
+            for frame in frames:
+                await ws.send(frame)
+        except ConnectionClosed:
+            pass  # the reader notices, reconnects and resends everything pending
+
+
+def _now() -> float:
+    return anyio.current_time()

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import anyio
+import anyio.abc
 from rich.console import Console
 from rich.markup import escape
 
@@ -140,20 +142,33 @@ async def _run_with_stdin(
     rt: EventStreamRuntime, action: CmdRunAction, relay: Coroutine[Any, Any, None]
 ) -> Observation:
     """Run ``action`` while ``relay`` passes standard input; a failed relay fails the run."""
-    relaying = asyncio.ensure_future(relay)
-    command = asyncio.ensure_future(rt.run(action))
-    try:
-        pending: set[asyncio.Future[Any]] = {relaying, command}
-        while not command.done():
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if relaying in done and (error := relaying.exception()) is not None:
-                raise error
-        return command.result()
-    finally:
+    answer: list[Observation] = []
+    failure: list[Exception] = []
+
+    async def command(task_group: anyio.abc.TaskGroup) -> None:
+        try:
+            answer.append(await rt.run(action))
+        except Exception as exc:
+            failure.append(exc)
         # Once the command is done the rest of the input is not read.
-        for task in (relaying, command):
-            task.cancel()
-        await asyncio.gather(relaying, command, return_exceptions=True)
+        task_group.cancel_scope.cancel()
+
+    async def relaying(task_group: anyio.abc.TaskGroup) -> None:
+        try:
+            await relay
+        except Exception as exc:
+            failure.append(exc)
+            task_group.cancel_scope.cancel()  # and the command is interrupted
+
+    try:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(command, task_group)
+            task_group.start_soon(relaying, task_group)
+    finally:
+        relay.close()  # never started (cancelled first): not "never awaited"
+    if failure:
+        raise failure[0]
+    return answer[0]
 
 
 class StatusNotes:

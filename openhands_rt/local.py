@@ -18,6 +18,9 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import AsyncIterator
+
+import anyio
 
 from events import EventStream
 from events.wire import CHANNEL_PATH, READY_LINE_PREFIX
@@ -31,6 +34,7 @@ __all__ = ["LocalRuntime"]
 logger = logging.getLogger(__name__)
 
 _STOP_GRACE_SECONDS = 5.0
+_READ_SIZE = 65536
 
 
 class LocalRuntime(EventStreamRuntime):
@@ -51,7 +55,8 @@ class LocalRuntime(EventStreamRuntime):
         self.working_dir: str | None = None
         self._temp_dir: str | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=50)
-        self._drainers: list[asyncio.Task[None]] = []
+        # Cancels the server's output drainer (a task of the runtime's supervisor).
+        self._drain_scope: anyio.CancelScope | None = None
 
     async def _start_sandbox(self) -> SandboxEndpoint:
         check_plugins(self.config.plugins)
@@ -72,27 +77,37 @@ class LocalRuntime(EventStreamRuntime):
             env=env,
             start_new_session=True,
         )
-        assert self.process.stdout is not None
-        assert self.process.stderr is not None
-        self._drainers.append(asyncio.get_running_loop().create_task(self._drain_stderr()))
+        process = self.process
+        assert process.stdout is not None
+        self._drain_scope = anyio.CancelScope()
+        stderr_done = anyio.Event()
+        stdout_free = anyio.Event()
+        self._start_soon(
+            self._drain_output,
+            process,
+            self._drain_scope,
+            stdout_free,
+            stderr_done,
+            name=f"local-server-{self.session_id}-output",
+        )
         try:
-            line = await asyncio.wait_for(
-                self.process.stdout.readline(), self.config.startup_timeout
-            )
-        except asyncio.TimeoutError:
+            with anyio.fail_after(self.config.startup_timeout):
+                line = await process.stdout.readline()
+        except TimeoutError:
             raise SandboxStartError(
                 f"the local server did not start within {self.config.startup_timeout} s",
                 log_tail=list(self._stderr_tail),
             ) from None
+        stdout_free.set()  # the first line was ours; the rest is drained
         text = line.decode(errors="replace").strip()
         if not text.startswith(READY_LINE_PREFIX):
-            await self.process.wait()
-            await asyncio.gather(*self._drainers, return_exceptions=True)
+            await process.wait()
+            with anyio.move_on_after(_STOP_GRACE_SECONDS):
+                await stderr_done.wait()  # its last words are the error's
             raise SandboxStartError(
-                f"the local server exited with code {self.process.returncode} before listening",
+                f"the local server exited with code {process.returncode} before listening",
                 log_tail=list(self._stderr_tail),
             )
-        self._drainers.append(asyncio.get_running_loop().create_task(self._drain_stdout()))
         address = text[len(READY_LINE_PREFIX) :]
         url = address.replace("http://", "ws://", 1) + CHANNEL_PATH
         return SandboxEndpoint(url=url, api_key=api_key)
@@ -119,37 +134,69 @@ class LocalRuntime(EventStreamRuntime):
             args.append("--allow-multiple-commands")
         return args
 
-    async def _drain_stderr(self) -> None:
-        assert self.process is not None
-        assert self.process.stderr is not None
-        async for line in self.process.stderr:
-            text = line.decode(errors="replace").rstrip()
-            self._stderr_tail.append(text)
-            logger.debug("server: %s", text)
+    async def _drain_output(
+        self,
+        process: asyncio.subprocess.Process,
+        scope: anyio.CancelScope,
+        stdout_free: anyio.Event,
+        stderr_done: anyio.Event,
+    ) -> None:
+        """Read the server's output until it ends (or ``scope`` is cancelled by the stop).
 
-    async def _drain_stdout(self) -> None:
-        assert self.process is not None
-        assert self.process.stdout is not None
-        async for _ in self.process.stdout:
-            pass
+        Standard error is kept (its tail explains a failed start) from the
+        start; standard output once ``stdout_free`` says the ready line was read.
+        """
+
+        async def drain_stderr() -> None:
+            assert process.stderr is not None
+            try:
+                async for text in _lines(process.stderr):
+                    self._stderr_tail.append(text)
+                    logger.debug("server: %s", text)
+            finally:
+                stderr_done.set()
+
+        async def drain_stdout() -> None:
+            assert process.stdout is not None
+            await stdout_free.wait()
+            while await process.stdout.read(_READ_SIZE):
+                pass
+
+        with scope:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(drain_stderr)
+                task_group.start_soon(drain_stdout)
 
     async def _stop_sandbox(self) -> None:
         process, self.process = self.process, None
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), _STOP_GRACE_SECONDS)
-            except asyncio.TimeoutError:
+            with anyio.move_on_after(_STOP_GRACE_SECONDS):
+                await process.wait()
+            if process.returncode is None:
                 logger.warning("local server %s ignored SIGTERM; killing it", process.pid)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 await process.wait()
-        for task in self._drainers:
-            task.cancel()
-        await asyncio.gather(*self._drainers, return_exceptions=True)
-        self._drainers.clear()
+        scope, self._drain_scope = self._drain_scope, None
+        if scope is not None:
+            scope.cancel()
         if self._temp_dir is not None:
             # The workspace may hold anything the agent made: not on the event loop.
             await asyncio.to_thread(shutil.rmtree, self._temp_dir, ignore_errors=True)
             self._temp_dir = None
+
+
+async def _lines(reader: asyncio.StreamReader) -> AsyncIterator[str]:
+    """The lines of ``reader`` as text, however long (a line past the buffer limit too)."""
+    partial = b""
+    while data := await reader.read(_READ_SIZE):
+        *lines, partial = (partial + data).split(b"\n")
+        if len(partial) > _READ_SIZE:  # a line that never ends is kept in pieces
+            lines.append(partial)
+            partial = b""
+        for line in lines:
+            yield line.decode(errors="replace").rstrip()
+    if partial:
+        yield partial.decode(errors="replace").rstrip()

@@ -17,28 +17,34 @@ import contextlib
 import logging
 import uuid
 import weakref
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import anyio
+import anyio.abc
 
 from events import (
     Action,
+    CmdOutputChunk,
     CmdRunAction,
     Event,
     EventSource,
     EventStream,
     IPythonRunCellAction,
     Observation,
+    OpenHandsEvent,
     RuntimeStatus,
     RuntimeStatusObservation,
     Subscription,
 )
+from events.codec import AnyEvent
 from events.wire import ACTION_TYPES, is_runnable, special_key
 from openhands_rt.channel import ChannelClient
 from openhands_rt.config import SandboxConfig
 from openhands_rt.errors import SandboxClosedError, SandboxError, SessionInUseError
+from openhands_rt.supervisor import Supervisor, describe_error
 
 __all__ = ["EventStreamRuntime", "SandboxEndpoint"]
 
@@ -102,8 +108,9 @@ class EventStreamRuntime:
         self._dispatched: set[int] = set()
         self._closed = False
         self._connected = False
-        self._background: set[asyncio.Task[None]] = set()
-        self._failure_watch: asyncio.Task[None] | None = None
+        # Every background task of this runtime lives in its task group, from the first
+        # connect() until aclose() (see openhands_rt.supervisor).
+        self._supervisor = Supervisor(f"runtime-{self.session_id}", on_failure=self._task_failed)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -135,14 +142,25 @@ class EventStreamRuntime:
             logger.exception("could not append a runtime status event")
 
     async def connect(self) -> None:
-        """Start (or attach to) the sandbox and open the action channel."""
+        """Start (or attach to) the sandbox and open the action channel.
+
+        The first connect() starts the runtime's supervisor task group (see
+        :meth:`_start_soon`); aclose() ends it, from whatever task calls it.
+        """
         if self._closed:
             raise SandboxClosedError("this runtime was closed; make a new one")
         if self._connected:
             return
         self._claim_session()
         self.report_status(RuntimeStatus.STARTING, f"starting sandbox {self.session_id}")
+        started_supervisor = False
+        channel: ChannelClient | None = None
         try:
+            started_supervisor = await self._supervisor.start()
+            if started_supervisor:
+                self._start_soon(
+                    self._watch_stream_failure, name=f"runtime-{self.session_id}-log-failure"
+                )
             endpoint = await self._start_sandbox()
             channel = ChannelClient(
                 endpoint.url,
@@ -153,13 +171,22 @@ class EventStreamRuntime:
                 peer_uid=endpoint.peer_uid,
             )
             await channel.open()
+            self._start_soon(
+                self._serve_channel, channel, name=f"runtime-{self.session_id}-channel"
+            )
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
                 message = (
                     str(exc) if isinstance(exc, SandboxError) else f"{type(exc).__name__}: {exc}"
                 )
                 self.report_status(RuntimeStatus.ERROR, message)
-            await self._stop_quietly()
+            with anyio.CancelScope(shield=True):
+                if channel is not None:
+                    await channel.aclose()
+                await self._stop_quietly()
+                if started_supervisor:
+                    # A failed start cancels what it started (the sandbox's own tasks too).
+                    await self._supervisor.aclose()
             self._release_session()
             raise
         self._channel = channel
@@ -170,13 +197,42 @@ class EventStreamRuntime:
             self._on_stream_event, subscriber_id=f"runtime-{self.session_id}-{uuid.uuid4().hex[:8]}"
         )
         self._connected = True
-        if self._failure_watch is None:
-            self._failure_watch = asyncio.get_running_loop().create_task(
-                self._watch_stream_failure(), name=f"runtime-{self.session_id}-log-failure"
-            )
         resumed = await self._resume_pending(boundary)
         note = f"; resent {resumed} unanswered action(s)" if resumed else ""
         self.report_status(RuntimeStatus.READY, f"sandbox {self.session_id} is ready{note}")
+
+    # ------------------------------------------------------------------ the supervisor
+
+    def _start_soon(
+        self, func: Callable[..., Coroutine[Any, Any, object]], *args: Any, name: str | None = None
+    ) -> None:
+        """Run ``func(*args)`` in the runtime's task group, from connect() until aclose().
+
+        For subclasses too (a container watcher, a log drainer): the task is
+        cancelled by aclose(); if it raises, the runtime reports the error
+        (a ``RuntimeStatusObservation(error)``, every waiting action answered)
+        and its other tasks are cancelled.
+        """
+        self._supervisor.start_soon(func, *args, name=name)
+
+    async def _serve_channel(self, channel: ChannelClient) -> None:
+        try:
+            await channel.run()
+        except Exception:
+            # The reader died; the channel answered what was pending and appended the
+            # error status (through _on_channel_event). The runtime lives on: later
+            # actions are answered with that error at once.
+            logger.exception("sandbox %s: the action channel failed", self.session_id)
+
+    def _task_failed(self, exc: Exception) -> None:
+        # A task of this runtime died: loudly, on the stream and in every waiting run().
+        reason = f"the runtime failed: {describe_error(exc)}"
+        if self._channel is not None:
+            self._channel.fail_pending(reason)
+        for future in self._waiters.values():
+            if not future.done():
+                future.set_exception(SandboxError(reason))
+        self.report_status(RuntimeStatus.ERROR, reason)
 
     def _claim_session(self) -> None:
         if self.session_scope is None:
@@ -249,9 +305,9 @@ class EventStreamRuntime:
             self._subscription = None
         if channel is not None:
             channel.fail_pending(reason)
-            task = asyncio.get_running_loop().create_task(channel.aclose())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            # The reader (in the supervisor) sees its channel closed and ends; the
+            # socket is closed on its way out.
+            channel.close_soon()
         self._connected = False
         self.report_status(RuntimeStatus.ERROR, reason)
 
@@ -259,28 +315,24 @@ class EventStreamRuntime:
         if self._closed:
             return
         self._closed = True
-        if self._failure_watch is not None:
-            self._failure_watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._failure_watch
-            self._failure_watch = None
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
         if self._subscription is not None:
             self._subscription.unsubscribe()
             self._subscription = None
-        if self._channel is not None:
-            self._channel.fail_pending("the runtime was closed")
-            await self._channel.aclose()
-            self._channel = None
-        for future in self._waiters.values():
-            if not future.done():
-                future.set_exception(SandboxClosedError("the runtime was closed"))
-        self._waiters.clear()
         try:
-            await self._stop_sandbox()
+            if self._channel is not None:
+                self._channel.fail_pending("the runtime was closed")
+                await self._channel.aclose()
+                self._channel = None
+            for future in self._waiters.values():
+                if not future.done():
+                    future.set_exception(SandboxClosedError("the runtime was closed"))
+            self._waiters.clear()
+            await self._supervisor.aclose()
         finally:
-            self._release_session()
+            try:
+                await self._stop_sandbox()
+            finally:
+                self._release_session()
         self._connected = False
         self.report_status(RuntimeStatus.CLOSED, f"sandbox {self.session_id} closed")
 
@@ -382,10 +434,16 @@ class EventStreamRuntime:
             if isinstance(event, Observation) and future is not None and not future.done():
                 future.set_exception(exc)
             return
-        if isinstance(stored, Observation) and stored.cause is not None:
-            future = self._waiters.get(stored.cause)
-            if future is not None and not future.done():
-                future.set_result(stored)
+        answered: AnyEvent = stored  # type: ignore[assignment]  # the decoder's union, no other
+        match answered:
+            case CmdOutputChunk() | Action() | OpenHandsEvent():
+                pass  # a chunk on the way, or no answer: nobody waits for it
+            case Observation():
+                future = self._waiters.get(answered.cause) if answered.cause is not None else None
+                if future is not None and not future.done():
+                    future.set_result(answered)
+            case _:
+                _assert_never(answered)
 
 
 def _starts_a_command(action: Action) -> bool:
@@ -396,3 +454,7 @@ def _starts_a_command(action: Action) -> bool:
         and bool(action.command.strip())
         and special_key(action.command) is None
     )
+
+
+def _assert_never(value: NoReturn) -> NoReturn:  # typing.assert_never is 3.11+; mypy targets 3.10
+    raise AssertionError(f"unhandled event: {value!r}")

@@ -30,6 +30,8 @@ import stat
 import sys
 from typing import Literal
 
+import anyio
+import anyio.abc
 from rich.console import Console
 from rich.markup import escape
 
@@ -54,19 +56,16 @@ class _Keyboard:
         self.events: asyncio.Queue[tuple[_Kind, str]] = asyncio.Queue()
         self._partial = b""
         self._closed = False
-        self._reader: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        loop = asyncio.get_running_loop()
+    def start(self, task_group: anyio.abc.TaskGroup) -> None:
+        """Start reading; a file is read by a task of ``task_group`` (cancel it to stop)."""
         if stat.S_ISREG(os.fstat(self.fd).st_mode):
             # A file cannot be waited on: read it in a worker thread.
-            self._reader = loop.create_task(self._read_file())
+            task_group.start_soon(self._read_file, name="shell-keyboard")
         else:
-            loop.add_reader(self.fd, self._readable)
+            asyncio.get_running_loop().add_reader(self.fd, self._readable)
 
     def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
         with contextlib.suppress(ValueError, OSError):
             asyncio.get_running_loop().remove_reader(self.fd)
 
@@ -149,11 +148,22 @@ async def interactive_shell(rt: EventStreamRuntime, console: Console) -> int:
     printer = _Printer(console)
     subscription = rt.stream.subscribe(printer.on_event, subscriber_id="shell-printer")
     keyboard = _Keyboard(sys.stdin.fileno())
-    keyboard.start()
     console.print("[dim]openhands-rt shell — Ctrl-D to leave, Ctrl-C interrupts the command[/dim]")
+    failure: Exception | None = None
+    code = 1
     try:
-        with intercept_sigint(keyboard.interrupt):
-            return await _prompt_loop(rt, keyboard, printer)
+        async with anyio.create_task_group() as task_group:
+            keyboard.start(task_group)
+            # Caught here and raised below: out of the task group it would be a group.
+            try:
+                with intercept_sigint(keyboard.interrupt):
+                    code = await _prompt_loop(rt, keyboard, printer)
+            except Exception as exc:
+                failure = exc
+            task_group.cancel_scope.cancel()  # the keyboard's reader, if any
+        if failure is not None:
+            raise failure
+        return code
     finally:
         keyboard.stop()
         subscription.unsubscribe()
