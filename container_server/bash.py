@@ -79,7 +79,6 @@ from container_server.bash_process import (
     spawn_bash,
     wait_gone,
 )
-from container_server.bash_process import session_members as _session_members
 from container_server.errors import ServerError
 from events import CmdOutputObservation, CmdRunAction, ErrorObservation
 
@@ -94,9 +93,6 @@ _EXIT_WAIT: Final = 2.0  # seconds aclose() waits for killed processes to be gon
 _READS_PER_WAKEUP: Final = 16  # a PTY read returns at most ~4 KiB; batch them per wakeup
 _READ_SIZE: Final = 1 << 16
 _DRAIN_READS: Final = 4096  # ~16 MiB at most
-
-# Kept importable from here (tests and older callers).
-_ = _session_members
 
 
 class BashSessionError(ServerError, RuntimeError):
