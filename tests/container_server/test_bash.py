@@ -14,7 +14,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from container_server.bash import BashSession, BashStartError, _session_members
+from container_server.bash import BashSession, BashSessionError, BashStartError
+from container_server.bash_process import session_members
 from container_server.bash_protocol import (
     CONTINUATION_PREFIX,
     NO_RUNNING_COMMAND_INPUT,
@@ -23,6 +24,7 @@ from container_server.bash_protocol import (
     hard_timeout_suffix,
     soft_timeout_suffix,
 )
+from container_server.errors import ServerError
 from container_server.truncate import TRUNCATION_MARKER, truncated_lines_prefix
 from events import CmdOutputObservation, CmdRunAction, ErrorObservation
 
@@ -478,6 +480,48 @@ async def test_shell_killed_while_idle_restarts_on_next_run(bash: BashSession) -
     assert "new bash session" in obs.metadata.suffix
 
 
+@pytest.fixture
+def no_pidfds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a kernel (or a sandbox) without pidfds: bash's exit is watched by a task."""
+
+    def unsupported(pid: int, flags: int = 0) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", unsupported)
+
+
+@pytest.mark.usefixtures("no_pidfds")
+async def test_without_pidfds_a_dying_shell_is_noticed_and_replaced(tmp_path: Path) -> None:
+    async with BashSession(working_dir=str(tmp_path), no_change_timeout=SOFT) as session:
+        obs = await run(session, "echo before; kill -9 $$", blocking=True)
+        assert (obs.content, obs.exit_code) == ("before", 137)
+        assert "new bash session" in obs.metadata.suffix
+        obs = await run(session, "exit 3")
+        assert obs.exit_code == 3
+        assert (await run(session, "echo after")).content == "after"
+
+
+async def test_a_failing_reader_puts_the_session_down_loudly(
+    bash: BashSession, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(data: bytes, now: float) -> list[str]:
+        raise ValueError("core bug")
+
+    monkeypatch.setattr(bash._core, "receive_output", broken)
+    with pytest.raises(BashSessionError, match="core bug") as raised:
+        await bash.run(CmdRunAction("echo hi", blocking=True))
+    assert isinstance(raised.value, ServerError)
+    assert isinstance(raised.value.__cause__, ValueError)
+    assert "the session is down" in caplog.text
+    with pytest.raises(BashSessionError):  # and stays down
+        await bash.run(CmdRunAction("echo again"))
+
+
+def test_start_error_is_a_server_error() -> None:
+    assert issubclass(BashStartError, ServerError)
+    assert issubclass(BashStartError, RuntimeError)
+
+
 # --------------------------------------------------------------------------- lifecycle
 
 
@@ -492,10 +536,10 @@ async def test_aclose_leaves_no_process_and_no_fd(tmp_path: Path) -> None:
     await session.start()
     obs = await run(session, "sleep 300 & python3 -m http.server 0 >/dev/null 2>&1 & echo $$")
     shell_pid = int(obs.content.splitlines()[-1])
-    assert len(_session_members(shell_pid)) == 3
+    assert len(session_members(shell_pid)) == 3
     await run(session, "sleep 100")  # and one running in the foreground
     await session.aclose()
-    assert _session_members(shell_pid) == []
+    assert session_members(shell_pid) == []
     assert not os.path.exists(f"/proc/{shell_pid}")
     assert _open_fds() <= before
     await session.aclose()  # idempotent
