@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import assert_never
 
 import anyio
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from container_server.hub import Attachment, ChannelHub
 from container_server.outbox import Outbox
@@ -126,31 +126,41 @@ def _encode_bounded(event: Event, max_bytes: int) -> bytes:
 
 
 async def _write(ws: web.WebSocketResponse, outbox: Outbox, max_bytes: int) -> None:
-    """Send the outbox's frames until it closes (or the peer is gone)."""
+    """Send the outbox's frames until it closes, then close the connection.
+
+    The outbox closes when the connection ends, when a newer connection of the
+    client replaces this one, or when the hub stops: in the last two the peer
+    is told (``1001 going away``) instead of being left waiting.
+    """
     try:
-        while True:
-            event = await outbox.get()
-            if event is None:
-                return
-            frames = [_encode_bounded(event, max_bytes)]
-            # Drain whatever else is queued so a burst of chunks costs one wake-up.
-            done = False
-            while True:
-                try:
-                    more = outbox.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-                if more is None:
-                    done = True
-                    break
-                frames.append(_encode_bounded(more, max_bytes))
-            for frame in frames:
-                await ws.send_bytes(frame)
-            if done:
-                return
+        await _send_all(ws, outbox, max_bytes)
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"no more replies on this connection")
     except ConnectionError as exc:
         # A peer that is gone keeps its results cached for a reconnect.
         logger.debug("channel writer: the peer is gone (%s)", exc)
+
+
+async def _send_all(ws: web.WebSocketResponse, outbox: Outbox, max_bytes: int) -> None:
+    while True:
+        event = await outbox.get()
+        if event is None:
+            return
+        frames = [_encode_bounded(event, max_bytes)]
+        # Drain whatever else is queued so a burst of chunks costs one wake-up.
+        done = False
+        while True:
+            try:
+                more = outbox.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if more is None:
+                done = True
+                break
+            frames.append(_encode_bounded(more, max_bytes))
+        for frame in frames:
+            await ws.send_bytes(frame)
+        if done:
+            return
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:

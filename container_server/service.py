@@ -105,7 +105,9 @@ class ServerState:
                     self.ready.set()
                     started.set_result(None)
                     await anyio.sleep_forever()
-        except Exception as exc:
+        except Exception as group:
+            # Task groups wrap what ended them in an ExceptionGroup: report it as raised.
+            exc = _first_error(group)
             self.init_error = f"{type(exc).__name__}: {exc}"
             self.failure = exc
             if started.done():
@@ -113,7 +115,7 @@ class ServerState:
             else:
                 logger.error("server initialization failed", exc_info=exc)
                 started.set_exception(exc)
-            raise
+            raise exc from None
         finally:
             # Outside the cancelled scope: closing the shell and the kernels runs to its end.
             try:
@@ -133,19 +135,16 @@ class ServerState:
                 settings.username, working_dir=settings.working_dir
             )
 
-        try:
-            # The shell and the plugins (e.g. a Jupyter kernel) start side by side; a
-            # failure of either cancels the other.
-            async with anyio.create_task_group() as task_group:
-                task_group.start_soon(self.executor.start, name="start the shell")
-                task_group.start_soon(initialize_plugins, name="initialize the plugins")
-        except Exception as exc:
-            raise _first_error(exc) from None
+        # The shell and the plugins (e.g. a Jupyter kernel) start side by side; a failure
+        # of either cancels the other.
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(self.executor.start, name="start the shell")
+            task_group.start_soon(initialize_plugins, name="initialize the plugins")
         self.plugin_statuses = statuses
 
 
 def _first_error(error: BaseException) -> BaseException:
-    """The error that ended a start, as it was raised: a task group wraps it in a group."""
+    """The one error inside (nested) groups of one, or the group if it holds several."""
     # ruff targets Python 3.10, which has no BaseExceptionGroup; this package needs 3.11.
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:  # noqa: F821
         error = error.exceptions[0]
