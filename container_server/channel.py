@@ -19,8 +19,7 @@ from typing import assert_never
 import anyio
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from container_server.hub import Attachment, ChannelHub
-from container_server.outbox import Outbox
+from container_server.hub import Attachment, ChannelHub, Outbox
 from container_server.service import STATE
 from events import (
     ErrorObservation,

@@ -12,10 +12,15 @@ group, entered by ``async with hub`` (the server's service,
 that fails unexpectedly is logged and answered with an ``internal_error``
 observation; a failure of the hub itself (a broken invariant) ends the task
 group and with it the service, loudly.
+
+Each connection's outgoing frames go through its :class:`Outbox`, drained by
+that connection's one writer (:mod:`container_server.channel`), so the chunks
+of an action always precede its observation on the wire.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -36,7 +41,6 @@ from container_server.hub_core import (
     Interrupt,
     Start,
 )
-from container_server.outbox import Outbox
 from events import CmdOutputChunk, ErrorObservation, Event, Observation
 from events.wire import ErrorId, RunnableAction
 
@@ -46,6 +50,52 @@ logger = logging.getLogger(__name__)
 
 #: The events a client's first connection gets before anything else.
 Greeting = Callable[[], Iterable[Event]]
+
+
+class Outbox:
+    """One connection's outgoing frames, in order.
+
+    Bounded: a peer that stops reading makes its frames pile up here once the
+    socket buffers are full. Past ``max_frames`` the outbox closes and calls
+    ``on_overflow`` (which drops the connection); results stay cached, so a
+    client that reconnects and resends its ids loses nothing but chunks.
+    """
+
+    __slots__ = ("_max_frames", "_on_overflow", "_queue", "closed", "overflowed")
+
+    def __init__(
+        self, *, max_frames: int = 10_000, on_overflow: Callable[[], None] | None = None
+    ) -> None:
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._max_frames = max_frames
+        self._on_overflow = on_overflow
+        self.closed = False
+        self.overflowed = False
+
+    def put(self, event: Event) -> None:
+        if self.closed:
+            return
+        if self._queue.qsize() >= self._max_frames:
+            self.overflowed = True
+            self.close()
+            if self._on_overflow is not None:
+                self._on_overflow()
+            return
+        self._queue.put_nowait(event)
+
+    def close(self) -> None:
+        """Nothing more goes in; the writer sends what is queued, then stops."""
+        if not self.closed:
+            self.closed = True
+            self._queue.put_nowait(None)
+
+    async def get(self) -> Event | None:
+        """The next frame, waiting for one; None once the outbox is closed and drained."""
+        return await self._queue.get()
+
+    def get_nowait(self) -> Event | None:
+        """The next frame if one is queued (raises asyncio.QueueEmpty otherwise)."""
+        return self._queue.get_nowait()
 
 
 class ChannelHub:

@@ -76,8 +76,10 @@ class ServerState:
         #: Why the server cannot serve: its start failed, or its service died.
         self.init_error: str | None = None
         self.failure: BaseException | None = None
-        # Created here, entered by serve(): stop() works before the service ran at all.
-        self._scope = anyio.CancelScope()
+        # The service's cancel scope, made by serve() (a scope needs a running loop;
+        # create_app may be called without one); stop() works before it too.
+        self._scope: anyio.CancelScope | None = None
+        self._stop_requested = False
 
     def greeting(self) -> list[Event]:
         """Facts about the sandbox's start, told once to every new client."""
@@ -94,12 +96,17 @@ class ServerState:
 
     def stop(self) -> None:
         """Make :meth:`serve` cancel the running actions, close the executor and return."""
-        self._scope.cancel()
+        self._stop_requested = True
+        if self._scope is not None:
+            self._scope.cancel()
 
     async def serve(self, started: asyncio.Future[None]) -> None:
         """Start, serve until :meth:`stop`, stop; ``started`` says when (or why not) it is up."""
+        self._scope = scope = anyio.CancelScope()
+        if self._stop_requested:
+            scope.cancel()
         try:
-            with self._scope:
+            with scope:
                 async with self.hub:
                     await self._start()
                     self.ready.set()

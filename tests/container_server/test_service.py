@@ -27,6 +27,13 @@ def other_tasks() -> set[asyncio.Task[object]]:
     return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
 
 
+def test_the_app_is_built_without_an_event_loop(tmp_path: Path) -> None:
+    app = create_app(ServerSettings(working_dir=str(tmp_path), api_key=KEY))
+    state = app[STATE]
+    state.stop()  # before it ever ran: the service will return at once
+    assert not state.ready.is_set()
+
+
 class HangingPlugin(Plugin):
     """Initializes forever; records that it began and that it was cancelled."""
 
