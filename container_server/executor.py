@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from typing import NoReturn
+from typing import assert_never
 
 from container_server.bash import BashSession
 from container_server.chunks import ChunkCoalescer, ChunkSink
@@ -39,10 +39,6 @@ from events.wire import ACTION_TYPES, ErrorId, RunnableAction, special_key
 __all__ = ["ACTION_TYPES", "ActionExecutor", "RunnableAction"]
 
 logger = logging.getLogger(__name__)
-
-
-def _assert_never(value: NoReturn) -> NoReturn:  # typing.assert_never is 3.11+
-    raise AssertionError(f"unhandled action type: {type(value).__name__}")
 
 
 class ActionExecutor:
@@ -157,4 +153,4 @@ class ActionExecutor:
             case IPythonRunCellAction():
                 return await self.plugins.run(action, cwd=cwd, on_chunk=on_chunk)
             case _:
-                _assert_never(action)
+                assert_never(action)

@@ -1,18 +1,21 @@
-"""The action channel's server side: clients, their connections and result caches.
+"""ChannelHub: the asyncio side of the hub — action runs in a task group, frames to outboxes.
 
-A *client* is one host-side stream/runtime instance, identified by the
-``client_id`` it sends when it opens the channel. Action ids are only unique
-per client (a second stream attaching to a kept-alive sandbox starts at 0
-again), so results are cached per ``(client_id, action_id)``.
+The protocol (which client owns which action, the result cache that makes a
+resend idempotent, where chunks and observations go) is
+:class:`~container_server.hub_core.HubCore`, which does no I/O; this adapter
+feeds it what happens and carries out what it decides.
 
-Exactly-once execution across reconnects: an action id that is running is not
-started again (its result goes to the client's *current* connection when it
-finishes), and an id that already finished is answered from the cache. The
-cache keeps the last ``max_results`` results per client and at most
-``max_clients`` clients (least recently seen evicted first).
+Task ownership: an action's run outlives the connection that sent it (a
+reconnect picks up its result), so every run is a task of the hub's task
+group, entered by ``async with hub`` (the server's service,
+:mod:`container_server.service`) and cancelled when that block is left. A run
+that fails unexpectedly is logged and answered with an ``internal_error``
+observation; a failure of the hub itself (a broken invariant) ends the task
+group and with it the service, loudly.
 
-Outgoing frames of one connection go through one queue drained by one writer,
-so the chunks of an action always precede its observation on the wire.
+Each connection's outgoing frames go through its :class:`Outbox`, drained by
+that connection's one writer (:mod:`container_server.channel`), so the chunks
+of an action always precede its observation on the wire.
 """
 
 from __future__ import annotations
@@ -20,17 +23,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Self, assert_never
 
-import msgspec
+import anyio
+from anyio.abc import TaskGroup
 
-from container_server.executor import ActionExecutor, RunnableAction
-from events import CmdOutputChunk, Event, Observation
+from container_server.executor import ActionExecutor
+from container_server.hub_core import (
+    Attachment,
+    Close,
+    Decision,
+    Deliver,
+    Greet,
+    HubCore,
+    Interrupt,
+    Start,
+)
+from events import CmdOutputChunk, ErrorObservation, Event, Observation
+from events.wire import ErrorId, RunnableAction
 
-__all__ = ["ChannelHub", "ClientState", "Outbox"]
+__all__ = ["Attachment", "ChannelHub", "Outbox"]
 
 logger = logging.getLogger(__name__)
+
+#: The events a client's first connection gets before anything else.
+Greeting = Callable[[], Iterable[Event]]
 
 
 class Outbox:
@@ -65,11 +84,13 @@ class Outbox:
         self._queue.put_nowait(event)
 
     def close(self) -> None:
+        """Nothing more goes in; the writer sends what is queued, then stops."""
         if not self.closed:
             self.closed = True
             self._queue.put_nowait(None)
 
     async def get(self) -> Event | None:
+        """The next frame, waiting for one; None once the outbox is closed and drained."""
         return await self._queue.get()
 
     def get_nowait(self) -> Event | None:
@@ -77,44 +98,60 @@ class Outbox:
         return self._queue.get_nowait()
 
 
-class ClientState:
-    """Per-client result cache, running actions and current connection."""
-
-    def __init__(self, client_id: str, *, max_results: int) -> None:
-        self.client_id = client_id
-        self.max_results = max_results
-        self.results: OrderedDict[int, Observation] = OrderedDict()
-        self.running: set[int] = set()
-        self.outbox: Outbox | None = None
-        self.greeted = False
-
-    def send(self, event: Event) -> None:
-        if self.outbox is not None:
-            self.outbox.put(event)
-
-    def remember(self, action_id: int, observation: Observation) -> None:
-        self.results[action_id] = observation
-        if len(self.results) > self.max_results:
-            self.results.popitem(last=False)
-
-
 class ChannelHub:
-    """Routes actions from connections to the executor, exactly once per id."""
+    """Routes actions from connections to the executor, exactly once per (client, id)."""
 
     def __init__(
-        self, executor: ActionExecutor, *, max_results: int = 1024, max_clients: int = 64
+        self,
+        executor: ActionExecutor,
+        *,
+        max_results: int = 1024,
+        max_clients: int = 64,
+        greeting: Greeting | None = None,
     ) -> None:
         self._executor = executor
-        # Action tasks outlive the connection that sent them (a reconnect picks up
-        # the result), so they belong to the hub, which cancels them in aclose().
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._max_results = max_results
-        self._max_clients = max_clients
-        self._clients: OrderedDict[str, ClientState] = OrderedDict()
-        # The running actions by (client id, action id): what an interrupt request targets.
-        self._running: dict[tuple[str, int], RunnableAction] = {}
-        self.running_actions = 0
+        self._core = HubCore(max_results=max_results, max_clients=max_clients)
+        self._greeting = greeting
+        self._outboxes: dict[Attachment, Outbox] = {}
+        self._task_group: TaskGroup | None = None
+        self._closed = False
         self.last_activity = time.monotonic()
+
+    @property
+    def running_actions(self) -> int:
+        return self._core.running_count
+
+    @property
+    def core(self) -> HubCore:
+        """The protocol state (read it; drive it only through this adapter)."""
+        return self._core
+
+    async def __aenter__(self) -> Self:
+        if self._task_group is not None or self._closed:
+            raise RuntimeError("a ChannelHub is entered once")
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        """Cancel every running action and wait for its task; close every outbox."""
+        task_group, self._task_group = self._task_group, None
+        self._closed = True
+        assert task_group is not None
+        task_group.cancel_scope.cancel()
+        try:
+            return await task_group.__aexit__(exc_type, exc, tb)
+        finally:
+            for outbox in self._outboxes.values():
+                outbox.close()
+
+    # ------------------------------------------------------------------ connections
 
     def attach(
         self,
@@ -122,81 +159,90 @@ class ChannelHub:
         *,
         max_frames: int = 10_000,
         on_overflow: Callable[[], None] | None = None,
-    ) -> tuple[ClientState, Outbox]:
+    ) -> tuple[Attachment, Outbox]:
         """A connection for ``client_id`` opened: it becomes the client's current one."""
-        client = self._clients.get(client_id)
-        if client is None:
-            client = ClientState(client_id, max_results=self._max_results)
-            self._clients[client_id] = client
-            while len(self._clients) > self._max_clients:
-                oldest_id, oldest = next(iter(self._clients.items()))
-                if oldest.running or oldest.outbox is not None:
-                    break  # never evict a client that is connected or has work in flight
-                del self._clients[oldest_id]
-        else:
-            self._clients.move_to_end(client_id)
-        if client.outbox is not None:
-            client.outbox.close()  # the newest connection wins
         outbox = Outbox(max_frames=max_frames, on_overflow=on_overflow)
-        client.outbox = outbox
-        return client, outbox
+        attachment, decisions = self._core.attach(client_id)
+        self._outboxes[attachment] = outbox
+        self._apply(decisions)
+        return attachment, outbox
 
-    def detach(self, client: ClientState, outbox: Outbox) -> None:
-        outbox.close()
-        if client.outbox is outbox:
-            client.outbox = None
+    def detach(self, attachment: Attachment) -> None:
+        """The connection closed: its outbox closes, its client's runs go on."""
+        self._core.detach(attachment)
+        outbox = self._outboxes.pop(attachment, None)
+        if outbox is not None:
+            outbox.close()
 
-    def submit(self, client: ClientState, action: RunnableAction) -> None:
-        """Run ``action`` for ``client`` unless that id already ran or is running."""
+    def send(self, attachment: Attachment, event: Event) -> None:
+        """Send ``event`` on ``attachment`` (a reply about a frame, not an action's answer)."""
+        outbox = self._outboxes.get(attachment)
+        if outbox is not None:
+            outbox.put(event)
+
+    # ------------------------------------------------------------------ actions
+
+    def submit(self, attachment: Attachment, action: RunnableAction) -> None:
+        """Run ``action`` for ``attachment``'s client unless that id already ran or is running."""
         self.last_activity = time.monotonic()
-        cached = client.results.get(action.id)
-        if cached is not None:
-            client.send(cached)
+        if self._task_group is None:
+            self.send(
+                attachment,
+                ErrorObservation(
+                    "The server is shutting down: the action was not run.",
+                    error_id=ErrorId.INTERNAL_ERROR,
+                    cause=action.id,
+                ),
+            )
             return
-        if action.id in client.running:
-            return  # its result goes to the current connection when it finishes
-        client.running.add(action.id)
-        self._running[(client.client_id, action.id)] = action
-        self.running_actions += 1
-        task = asyncio.get_running_loop().create_task(self._run(client, action))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._apply(self._core.action(attachment, action))
 
-    def interrupt(self, client: ClientState, action_id: int) -> None:
-        """Interrupt ``client``'s running action ``action_id``; its observation says so.
-
-        Nothing happens for an action that is not running (finished, or never
-        sent): the request races the answer by nature.
-        """
-        action = self._running.get((client.client_id, action_id))
-        if action is None:
+    def interrupt(self, attachment: Attachment, action_id: int) -> None:
+        """Interrupt the client's running action ``action_id``; its observation says so."""
+        decisions = self._core.interrupt(attachment, action_id)
+        if not decisions:
             logger.info("interrupt of action %d: it is not running", action_id)
-            return
-        if not self._executor.interrupt(action):
-            logger.info("interrupt of action %d: nothing to interrupt", action_id)
+        self._apply(decisions)
 
-    async def aclose(self) -> None:
-        """Cancel every running action task and wait for them."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for client in self._clients.values():
-            if client.outbox is not None:
-                client.outbox.close()
+    # ------------------------------------------------------------------ decisions
 
-    async def _run(self, client: ClientState, action: RunnableAction) -> None:
+    def _apply(self, decisions: list[Decision]) -> None:
+        for decision in decisions:
+            match decision:
+                case Deliver(attachment, event):
+                    self.send(attachment, event)
+                case Start(client_id, action):
+                    assert self._task_group is not None
+                    self._task_group.start_soon(
+                        self._run, client_id, action, name=f"action {client_id}/{action.id}"
+                    )
+                case Greet(attachment):
+                    for event in self._greeting() if self._greeting is not None else ():
+                        self.send(attachment, event)
+                case Close(attachment):
+                    outbox = self._outboxes.get(attachment)
+                    if outbox is not None:
+                        outbox.close()
+                case Interrupt(_, action):
+                    if not self._executor.interrupt(action):
+                        logger.info("interrupt of action %d: nothing to interrupt", action.id)
+                case _:
+                    assert_never(decision)
+
+    async def _run(self, client_id: str, action: RunnableAction) -> None:
         def on_chunk(chunk: CmdOutputChunk) -> None:
-            client.send(chunk)
+            self._apply(self._core.chunk(client_id, chunk))
 
+        observation: Observation
         try:
             observation = await self._executor.run(action, on_chunk)
-            observation = msgspec.structs.replace(observation, cause=action.id)
-            client.remember(action.id, observation)
-            client.send(observation)
-        finally:
-            client.running.discard(action.id)
-            self._running.pop((client.client_id, action.id), None)
-            self.running_actions -= 1
-            self.last_activity = time.monotonic()
+        except Exception as exc:
+            # The executor answers every failure of an action itself; this is a failure
+            # of the executor. The client gets an answer, the log the traceback.
+            logger.exception("the run of action %d of client %s failed", action.id, client_id)
+            observation = ErrorObservation(
+                f"The runtime failed to run {type(action).__name__}: {type(exc).__name__}: {exc}",
+                error_id=ErrorId.INTERNAL_ERROR,
+            )
+        self._apply(self._core.finished(client_id, action.id, observation))
+        self.last_activity = time.monotonic()

@@ -28,9 +28,10 @@ import signal
 import socket
 import sys
 
+import anyio
 from aiohttp import web
 
-from container_server.app import DEFAULT_MAX_FRAME_BYTES, ServerSettings, create_app
+from container_server.app import DEFAULT_MAX_FRAME_BYTES, STATE, ServerSettings, create_app
 from container_server.plugin_registry import PluginLoadError
 from container_server.privileges import drop_privileges, prepare_sandbox_user
 from container_server.seccomp import install_filter
@@ -139,6 +140,7 @@ async def serve(
     except PluginLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    state = app[STATE]
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     try:
@@ -149,10 +151,18 @@ async def serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        # Until a signal asks, or the service dies (it said why in the log).
+        async with anyio.create_task_group() as task_group:
+            for event in (stop, state.stopped):
+                task_group.start_soon(_cancel_when_set, event, task_group.cancel_scope)
     finally:
         await runner.cleanup()
-    return 0
+    return 0 if state.failure is None else 1
+
+
+async def _cancel_when_set(event: asyncio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 def _scrub_initial_environment(name: str) -> None:
