@@ -199,12 +199,13 @@ class LastLinesBuffer(OutputBuffer):
     def _kept(self) -> tuple[str, int, int]:
         """(kept text right-stripped, lines in it, lines dropped in all)."""
         open_line = render_overwrites(self._line)
-        skip = 0
-        if open_line and len(self._lines) >= self._max_lines:
-            skip = len(self._lines) - self._max_lines + 1  # the open line counts too
+        # The open line is a line of its own, unless the last kept line was settled without
+        # its newline (a line longer than we keep): then it is that line's continuation.
+        continues = bool(self._lines) and not self._lines[-1].endswith("\n")
+        count = len(self._lines) + (1 if open_line and not continues else 0)
+        skip = max(0, count - self._max_lines)
         text = "".join(itertools.islice(self._lines, skip, None)) + open_line
-        shown = len(self._lines) - skip + (1 if open_line else 0)
-        return text.rstrip(), shown, self._lines_dropped + skip
+        return text.rstrip(), count - skip, self._lines_dropped + skip
 
     def render(self, max_chars: int) -> str:
         return truncate_middle(self._kept()[0], max_chars)

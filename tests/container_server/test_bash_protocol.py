@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from container_server.bash_protocol import (
@@ -494,6 +494,7 @@ def test_last_lines_buffer_keeps_the_end_of_a_flood_and_says_so() -> None:
     assert content.endswith("line 25000")
 
 
+@example(pieces=["aaaaa", "aaaaaa", "a"], max_lines=1, limit=10)  # a long line, then more of it
 @given(
     st.lists(st.text(alphabet="ab\n\r", max_size=30), max_size=40),
     st.integers(1, 12),
