@@ -33,7 +33,7 @@ from container_server.service import (
     ServerState,
     lifecycle,
 )
-from events.wire import API_KEY_HEADER, CHANNEL_PATH
+from events.wire import API_KEY_HEADER, CHANNEL_PATH, Route
 
 __all__ = ["API_KEY_HEADER", "DEFAULT_MAX_FRAME_BYTES", "STATE", "ServerSettings", "create_app"]
 
@@ -85,7 +85,7 @@ def _authorized(request: web.Request, api_key: str) -> bool:
 async def auth_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    if request.path != "/alive":
+    if request.path != Route.ALIVE:
         state = request.app[STATE]
         if not _authorized(request, state.settings.api_key):
             # 401 and nothing else: no hint which part was wrong.
@@ -120,12 +120,12 @@ def create_app(settings: ServerSettings, executor: ActionExecutor | None = None)
         },
     )
     app[STATE] = ServerState(settings, executor)
-    app.router.add_get("/alive", routes.alive)
+    app.router.add_get(Route.ALIVE, routes.alive)
     app.router.add_get(CHANNEL_PATH, websocket)
-    app.router.add_get("/server_info", routes.server_info)
-    app.router.add_post("/upload", routes.upload)
-    app.router.add_get("/download", routes.download)
-    app.router.add_get("/files", routes.files)
-    app.router.add_get("/openapi.json", routes.openapi)
+    app.router.add_get(Route.SERVER_INFO, routes.server_info)
+    app.router.add_post(Route.UPLOAD, routes.upload)
+    app.router.add_get(Route.DOWNLOAD, routes.download)
+    app.router.add_get(Route.FILES, routes.files)
+    app.router.add_get(Route.OPENAPI, routes.openapi)
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import assert_never
 
 import anyio
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSMsgType, web
 
 from container_server.hub import Attachment, ChannelHub, Outbox
 from container_server.service import STATE
@@ -133,7 +133,7 @@ async def _write(ws: web.WebSocketResponse, outbox: Outbox, max_bytes: int) -> N
     """
     try:
         await _send_all(ws, outbox, max_bytes)
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"no more replies on this connection")
+        await ws.close(code=CloseCode.GOING_AWAY, message=b"no more replies on this connection")
     except ConnectionError as exc:
         # A peer that is gone keeps its results cached for a reconnect.
         logger.debug("channel writer: the peer is gone (%s)", exc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from events.wire import API_KEY_HEADER
+from events.wire import API_KEY_HEADER, Route
 
 __all__ = ["OPENAPI_SPEC"]
 
@@ -24,7 +24,7 @@ OPENAPI_SPEC: dict[str, Any] = {
     },
     "security": _KEY,
     "paths": {
-        "/alive": {
+        Route.ALIVE: {
             "get": {
                 "security": [],
                 "responses": {
@@ -33,7 +33,7 @@ OPENAPI_SPEC: dict[str, Any] = {
                 },
             }
         },
-        "/server_info": {
+        Route.SERVER_INFO: {
             "get": {
                 "responses": {
                     "200": {
@@ -44,7 +44,7 @@ OPENAPI_SPEC: dict[str, Any] = {
                 }
             }
         },
-        "/files": {
+        Route.FILES: {
             "get": {
                 "parameters": [
                     {
@@ -66,7 +66,7 @@ OPENAPI_SPEC: dict[str, Any] = {
                 },
             }
         },
-        "/download": {
+        Route.DOWNLOAD: {
             "get": {
                 "parameters": [_PATH_PARAM],
                 "responses": {
@@ -81,7 +81,7 @@ OPENAPI_SPEC: dict[str, Any] = {
                 },
             }
         },
-        "/upload": {
+        Route.UPLOAD: {
             "post": {
                 "parameters": [_PATH_PARAM],
                 "requestBody": {

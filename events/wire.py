@@ -38,6 +38,7 @@ __all__ = [
     "TEST_PLUGIN_KEYWORD",
     "CloseCode",
     "ErrorId",
+    "Route",
     "RunnableAction",
     "is_runnable",
     "special_key",
@@ -47,6 +48,20 @@ __all__ = [
 API_KEY_HEADER: Final = "X-Session-API-Key"
 #: The action channel's WebSocket route, and its query parameter naming the client.
 CHANNEL_PATH: Final = "/ws"
+
+
+class Route:
+    """The server's HTTP routes beside the channel (``GET /openapi.json`` describes them)."""
+
+    #: ``GET``: "ok" once the server serves; the one route that needs no key.
+    ALIVE: Final = "/alive"
+    SERVER_INFO: Final = "/server_info"
+    FILES: Final = "/files"
+    DOWNLOAD: Final = "/download"
+    UPLOAD: Final = "/upload"
+    OPENAPI: Final = "/openapi.json"
+
+
 CLIENT_ID_PARAM: Final = "client_id"
 #: The server's first line on standard output once ``/alive`` answers "ok":
 #: ``listening on http://HOST:PORT`` or ``listening on unix:PATH``.
@@ -104,6 +119,9 @@ def special_key(command: str) -> bytes | None:
 class CloseCode:
     """WebSocket close codes of the action channel (RFC 6455, section 7.4.1)."""
 
+    #: The server will send nothing more on this connection (a newer connection of the
+    #: same client replaced it, or the server stops); the client reconnects.
+    GOING_AWAY: Final = 1001
     #: A frame over :data:`MAX_FRAME_BYTES` arrived; the receiver closes with this code.
     MESSAGE_TOO_BIG: Final = 1009
 

@@ -80,6 +80,7 @@ def test_the_wire_contract_is_spelled_only_in_events_wire() -> None:
         wire.PLUGIN_ENTRY_POINT_GROUP,
         wire.TEST_PLUGIN_KEYWORD,
         *wire.BUILTIN_PLUGINS.values(),
+        *(v for k, v in vars(wire.Route).items() if k.isupper()),
         *(v for k, v in vars(wire.ErrorId).items() if k.isupper()),
     }
 
