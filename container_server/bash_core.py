@@ -37,7 +37,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import Final, NoReturn
+from typing import Final, assert_never
 
 from container_server.bash_protocol import (
     CONTINUATION_PREFIX,
@@ -77,10 +77,6 @@ SESSION_CLOSED: Final = "ERROR: The bash session was closed."
 SESSION_CLOSED_WHILE_RUNNING: Final = "ERROR: The bash session was closed while the command ran."
 # How much of a failed startup's output the error message quotes, in characters.
 _STARTUP_OUTPUT_CHARS: Final = 2000
-
-
-def _assert_never(value: NoReturn) -> NoReturn:  # typing.assert_never; mypy checks as 3.10
-    raise AssertionError(f"unhandled: {value!r}")
 
 
 class Outcome(enum.Enum):
@@ -261,7 +257,7 @@ class BashCore:
                 case PromptSeen(info=info):
                     self._prompt(info)
                 case _:
-                    _assert_never(event)
+                    assert_never(event)
         return texts
 
     def _prompt(self, info: PromptInfo) -> None:
@@ -454,7 +450,7 @@ class BashCore:
             case Outcome.SOFT_TIMEOUT:
                 suffix = soft_timeout_suffix(self._no_change_timeout)
             case _:
-                _assert_never(outcome)
+                assert_never(outcome)
         self._observed = True
         return CmdOutputObservation(
             content,

@@ -39,7 +39,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Final, NoReturn
+from typing import Final, assert_never
 
 import anyio
 import zmq
@@ -88,10 +88,6 @@ _QueueItem = Message | Exited | Failed | _Deadline | _Interrupt
 _DEADLINE: Final = _Deadline()
 _INTERRUPT: Final = _Interrupt()
 _INTERRUPTED_NOTE: Final = "[The cell was interrupted: the caller cancelled it.]"
-
-
-def _assert_never(value: NoReturn) -> NoReturn:  # typing.assert_never is 3.11+
-    raise AssertionError(f"unhandled queue item: {value!r}")
 
 
 def _is_idle(msg: Message) -> bool:
@@ -306,7 +302,7 @@ class JupyterPlugin(Plugin):
                     kernel.interrupt()
                     timer = loop.call_later(self._interrupt_grace, queue.put_nowait, _DEADLINE)
                 else:
-                    _assert_never(item)
+                    assert_never(item)
         except asyncio.CancelledError:
             # Nobody waits for this cell any more: do not leave it running in the kernel.
             if not interrupted:

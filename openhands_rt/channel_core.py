@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from typing import Final, NoReturn
+from typing import Final, assert_never
 
 import msgspec
 
@@ -237,7 +237,7 @@ class ChannelProtocol:
                 if answers is not None and self.pending.pop(answers, None) is None:
                     return  # a duplicate answer after a resend: already delivered
             case _:
-                _assert_never(routed)
+                assert_never(routed)
         self._incoming.append(routed)
 
     # ------------------------------------------------------------------ internals
@@ -261,7 +261,3 @@ class ChannelProtocol:
                 cause=action_id,
             )
         )
-
-
-def _assert_never(value: NoReturn) -> NoReturn:  # typing.assert_never is 3.11+; mypy targets 3.10
-    raise AssertionError(f"unhandled event: {value!r}")

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, NoReturn, TypeVar
+from typing import Any, ClassVar, TypeVar, assert_never
 
 import anyio
 import anyio.abc
@@ -443,7 +443,7 @@ class EventStreamRuntime:
                 if future is not None and not future.done():
                     future.set_result(answered)
             case _:
-                _assert_never(answered)
+                assert_never(answered)
 
 
 def _starts_a_command(action: Action) -> bool:
@@ -454,7 +454,3 @@ def _starts_a_command(action: Action) -> bool:
         and bool(action.command.strip())
         and special_key(action.command) is None
     )
-
-
-def _assert_never(value: NoReturn) -> NoReturn:  # typing.assert_never is 3.11+; mypy targets 3.10
-    raise AssertionError(f"unhandled event: {value!r}")
