@@ -182,23 +182,25 @@ def expect_success(obs: Observation) -> str:
 
 def describe(event: Event) -> str:
     head = f"#{event.id:<3} {event.source or '-':<11} "
-    if isinstance(event, CmdRunAction):
-        return head + f"$ {event.command}"
-    if isinstance(event, CmdOutputChunk):
-        return head + f"  (chunk of #{event.cause}) {event.data!r}"
-    if isinstance(event, CmdOutputObservation):
-        return head + f"  -> exit {event.exit_code}: {event.content!r}"
-    if isinstance(event, FileWriteAction):
-        return head + f"write {event.path} ({len(event.content)} chars)"
-    if isinstance(event, FileReadAction):
-        return head + f"read {event.path}"
-    if isinstance(event, FileReadObservation | FileWriteObservation):
-        return head + f"  -> {type(event).__name__} {event.path}"
-    if isinstance(event, RuntimeStatusObservation):
-        return head + f"[runtime {event.status.value}] {event.message}"
-    if isinstance(event, ErrorObservation):
-        return head + f"  -> error: {event.content}"
-    return head + type(event).__name__
+    match event:
+        case CmdRunAction(command=command):
+            return head + f"$ {command}"
+        case CmdOutputChunk(cause=cause, data=data):
+            return head + f"  (chunk of #{cause}) {data!r}"
+        case CmdOutputObservation(exit_code=exit_code, content=content):
+            return head + f"  -> exit {exit_code}: {content!r}"
+        case FileWriteAction(path=path, content=content):
+            return head + f"write {path} ({len(content)} chars)"
+        case FileReadAction(path=path):
+            return head + f"read {path}"
+        case FileReadObservation(path=path) | FileWriteObservation(path=path):
+            return head + f"  -> {type(event).__name__} {path}"
+        case RuntimeStatusObservation(status=status, message=message):
+            return head + f"[runtime {status.value}] {message}"
+        case ErrorObservation(content=content):
+            return head + f"  -> error: {content}"
+        case _:  # Event is open (OpenHandsEvent, a plugin's own): its type name is enough
+            return head + type(event).__name__
 
 
 def make_runtime(stream: EventStream, args: argparse.Namespace) -> EventStreamRuntime:
