@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiodocker
-from aiodocker.exceptions import DockerError
+
+from openhands_rt.docker.engine import EngineError, NotFound, translated
 
 __all__ = [
     "HOST_DIR_PREFIX",
@@ -162,10 +163,12 @@ async def reap_orphans(
         if not dead_owner or (sandbox.keep_alive and not include_kept):
             continue
         try:
-            await docker.containers.container(sandbox.id).delete(force=True)
-        except DockerError as exc:
-            if exc.status != 404:
-                logger.warning("could not remove orphan %s: %s", sandbox.name, exc.message)
+            with translated():
+                await docker.containers.container(sandbox.id).delete(force=True)
+        except NotFound:
+            continue  # removed by someone else meanwhile
+        except EngineError as exc:
+            logger.warning("could not remove orphan %s: %s", sandbox.name, exc.message)
             continue
         logger.info("removed orphaned sandbox %s", sandbox.name)
         removed.append(sandbox.name)
