@@ -1,4 +1,4 @@
-"""Engine operations on one sandbox container: readiness, logs, exit, removal.
+"""Engine operations on one sandbox container: its image, readiness, logs, exit, removal.
 
 Readiness is the server's own "listening on" line in the container's log
 stream (:func:`wait_listening`: an event, not a poll), under a deadline the
@@ -13,15 +13,17 @@ is shielded from cancellation, so a cancelled start leaves nothing behind.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiodocker
 import anyio
 
 from events.wire import READY_LINE_PREFIX
+from openhands_rt.config import SandboxConfig
 from openhands_rt.docker.engine import EngineError, NotFound, translated
-from openhands_rt.errors import SandboxStartError
+from openhands_rt.docker.rundir import run_dir_of
+from openhands_rt.errors import SandboxError, SandboxStartError
 
 __all__ = [
     "demultiplex_lines",
@@ -30,6 +32,7 @@ __all__ = [
     "image_files",
     "log_tail",
     "remove",
+    "resolve_image",
     "wait_listening",
 ]
 
@@ -38,13 +41,64 @@ logger = logging.getLogger(__name__)
 _LOG_TAIL = 50
 
 
-async def find_container(docker: aiodocker.Docker, name: str) -> Any:
-    """The container named ``name`` (an aiodocker ``DockerContainer``), or None."""
+async def find_container(docker: aiodocker.Docker, name: str, *, run_dir: str | None = None) -> Any:
+    """The container named ``name`` (an aiodocker ``DockerContainer``), or None.
+
+    ``run_dir``: only the one that mounts this run directory (the one a start
+    made, even when its create request was cancelled), and None when the engine
+    cannot say.
+    """
     try:
         with translated():
-            return await docker.containers.get(name)
+            container = await docker.containers.get(name)
+            if run_dir is None:
+                return container
+            info = await container.show()
     except NotFound:
         return None
+    except (EngineError, OSError):
+        if run_dir is None:
+            raise
+        return None
+    return container if run_dir_of(info) == run_dir else None
+
+
+async def resolve_image(
+    docker: aiodocker.Docker, config: SandboxConfig, *, report: Callable[[str], None]
+) -> str:
+    """The runtime image to start: ``config.runtime_container_image`` when set (it
+    must exist locally), else the one built (or found built) for the base image.
+
+    ``report``: a few readable progress messages while building.
+    """
+    if config.runtime_container_image:
+        image = config.runtime_container_image
+        try:
+            with translated():
+                await docker.images.inspect(image)
+        except NotFound as exc:
+            raise SandboxError(
+                f"runtime image {image!r} does not exist locally (nothing can be pulled "
+                "here; build it with `openhands-rt build`)"
+            ) from exc
+        return image
+    from openhands_rt.image import BuildProgress, build_runtime_image
+
+    report(f"resolving the runtime image for {config.base_container_image}")
+
+    def progress(event: BuildProgress) -> None:
+        # A handful of readable events; the raw build output is in the build log.
+        report(event.message)
+
+    result = await build_runtime_image(
+        config.base_container_image,
+        plugins=list(config.plugins),
+        repository=config.runtime_image_repository,
+        on_progress=progress,
+        docker=docker,
+    )
+    built: str = result.image
+    return built
 
 
 async def remove(container: Any) -> None:

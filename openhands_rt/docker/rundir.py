@@ -28,6 +28,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+from openhands_rt.errors import SandboxError
 from openhands_rt.sandboxes import HOST_DIR_PREFIX
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "KEY_FILE",
     "RUN_DIR_IN_CONTAINER",
     "SOCKET_FILE",
+    "key_of",
     "make_run_dir",
     "read_key",
     "remove_dirs",
@@ -72,6 +74,21 @@ def read_key(run_dir: str | None) -> str:
     ):
         return f.read().strip()
     return ""
+
+
+def key_of(info: Mapping[str, Any], *, name: str) -> str:
+    """The session key of the inspected container ``info`` (named ``name``).
+
+    Raises :class:`SandboxError` when it has none: a container of that name that
+    is not one of our sandboxes (or whose run directory is gone).
+    """
+    api_key = read_key(run_dir_of(info))
+    if not api_key:
+        raise SandboxError(
+            f"container {name} exists but is not an openhands-rt sandbox "
+            "(no session key); remove it or choose another session id"
+        )
+    return api_key
 
 
 def run_dir_of(info: Mapping[str, Any]) -> str | None:

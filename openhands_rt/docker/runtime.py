@@ -159,13 +159,7 @@ class DockerRuntime(EventStreamRuntime):
             raise SandboxError(f"cannot reach the Docker engine: {exc}") from exc
 
     def _api_key_of(self, info: Mapping[str, Any]) -> str:
-        api_key = rundir.read_key(rundir.run_dir_of(info))
-        if not api_key:
-            raise SandboxError(
-                f"container {self.container_name} exists but is not an openhands-rt sandbox "
-                "(no session key); remove it or choose another session id"
-            )
-        return api_key
+        return rundir.key_of(info, name=self.container_name)
 
     def _hold(self, run_dir: str | None) -> None:
         """Hold the lease of the sandbox whose run directory this is (SessionInUseError)."""
@@ -250,38 +244,10 @@ class DockerRuntime(EventStreamRuntime):
         return endpoint
 
     async def _resolve_image(self) -> str:
-        docker = self._client()
-        if self.config.runtime_container_image:
-            image = self.config.runtime_container_image
-            try:
-                with translated():
-                    await docker.images.inspect(image)
-            except NotFound as exc:
-                raise SandboxError(
-                    f"runtime image {image!r} does not exist locally (nothing can be pulled "
-                    "here; build it with `openhands-rt build`)"
-                ) from exc
-            return image
-        from openhands_rt.image import BuildProgress, build_runtime_image
+        def report(message: str) -> None:
+            self.report_status(RuntimeStatus.BUILDING, message)
 
-        self.report_status(
-            RuntimeStatus.BUILDING,
-            f"resolving the runtime image for {self.config.base_container_image}",
-        )
-
-        def progress(event: BuildProgress) -> None:
-            # A handful of readable events; the raw build output is in the build log.
-            self.report_status(RuntimeStatus.BUILDING, event.message)
-
-        result = await build_runtime_image(
-            self.config.base_container_image,
-            plugins=list(self.config.plugins),
-            repository=self.config.runtime_image_repository,
-            on_progress=progress,
-            docker=docker,
-        )
-        built: str = result.image
-        return built
+        return await lifecycle.resolve_image(self._client(), self.config, report=report)
 
     async def _writable_places(self, image: str, owner_uid: int | None) -> spec.WritablePlaces:
         """Mounts that keep a read-only-root sandbox usable (:func:`spec.writable_places`)."""
@@ -388,6 +354,11 @@ class DockerRuntime(EventStreamRuntime):
     async def _discard(self) -> None:
         """Remove this start's container and host directories (shielded from cancellation)."""
         with anyio.CancelScope(shield=True):
+            if self.container is None and self._run_dir is not None:
+                # Cancelled during the create request: the engine may have made it anyway.
+                self.container = await lifecycle.find_container(
+                    self._client(), self.container_name, run_dir=self._run_dir
+                )
             await self._remove_container()
             self._release_lease()
             run_dir, etc_dir, self._run_dir, self._etc_dir = (
