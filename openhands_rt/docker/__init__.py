@@ -10,8 +10,10 @@ Modules, each one concept:
 - :mod:`~openhands_rt.docker.lifecycle` — readiness, logs, exit, removal;
 - :mod:`~openhands_rt.docker.restart` — the auto-restart budget (pure);
 - :mod:`~openhands_rt.docker.supervisor` — the task group a runtime owns;
-- :mod:`~openhands_rt.docker.runtime` — :class:`DockerRuntime`, which starts,
-  attaches, watches, restarts and stops.
+- :mod:`~openhands_rt.docker.attach` — taking over a session's existing
+  container (attach, start again), under the session's lease;
+- :mod:`~openhands_rt.docker.runtime` — :class:`DockerRuntime`, which makes,
+  starts, watches, restarts and stops.
 
 Error tree (below :class:`openhands_rt.errors.SandboxError`)::
 
@@ -32,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from openhands_rt.docker.engine import Conflict, EngineError, EngineUnreachable, NotFound
-    from openhands_rt.docker.runtime import CONTAINER_PREFIX, DockerRuntime
+    from openhands_rt.docker.runtime import DockerRuntime
+    from openhands_rt.docker.spec import CONTAINER_PREFIX
 
 __all__ = [
     "CONTAINER_PREFIX",
@@ -44,7 +47,7 @@ __all__ = [
 ]
 
 _HOMES = {
-    "CONTAINER_PREFIX": "openhands_rt.docker.runtime",
+    "CONTAINER_PREFIX": "openhands_rt.docker.spec",
     "Conflict": "openhands_rt.docker.engine",
     "DockerRuntime": "openhands_rt.docker.runtime",
     "EngineError": "openhands_rt.docker.engine",

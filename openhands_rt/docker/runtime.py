@@ -5,7 +5,8 @@ the session id, our version and its owner (host, pid and the pid's start time,
 so a reused pid is not mistaken for a live owner). What it is made of is
 :mod:`openhands_rt.docker.spec`; where its key and socket live,
 :mod:`openhands_rt.docker.rundir`; how it is waited for and removed,
-:mod:`openhands_rt.docker.lifecycle`.
+:mod:`openhands_rt.docker.lifecycle`; how an existing one is taken over,
+:mod:`openhands_rt.docker.attach`.
 
 A container that exits while the runtime uses it is noticed through Docker's
 wait endpoint: the pending actions are answered with ``ErrorObservation`` and a
@@ -36,10 +37,8 @@ A start that fails removes what it made (the container, the run directory).
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import aiodocker
@@ -48,29 +47,28 @@ import anyio
 from events import EventStream, RuntimeStatus
 from openhands_rt.config import SandboxConfig
 from openhands_rt.docker import lifecycle, rundir, spec
+from openhands_rt.docker.attach import AttachingRuntime
 from openhands_rt.docker.engine import (
     Conflict,
     EngineError,
     EngineUnreachable,
-    NotFound,
     translated,
 )
 from openhands_rt.docker.restart import RestartBudget, restart_note
+from openhands_rt.docker.spec import CONTAINER_PREFIX
 from openhands_rt.docker.supervisor import TaskSupervisor
 from openhands_rt.errors import SandboxError, SandboxStartError, SessionInUseError
-from openhands_rt.leases import SessionLease
+from openhands_rt.leases import LeaseHolder
 from openhands_rt.plugins import check_plugins
-from openhands_rt.runtime import EventStreamRuntime, SandboxEndpoint
+from openhands_rt.runtime import SandboxEndpoint
 from openhands_rt.sandboxes import LABEL_SESSION, owner_labels, reap_orphans
 
 __all__ = ["CONTAINER_PREFIX", "DockerRuntime"]
 
 logger = logging.getLogger(__name__)
 
-CONTAINER_PREFIX = "openhands-runtime-"
 
-
-class DockerRuntime(EventStreamRuntime):
+class DockerRuntime(AttachingRuntime):
     """A sandbox in a Docker container (see the module docstring).
 
     ``auto_restart=True``: when the container exits unexpectedly and still
@@ -107,11 +105,7 @@ class DockerRuntime(EventStreamRuntime):
         self.endpoint: SandboxEndpoint | None = None
         self._etc_dir: str | None = None
         self._stopping = False
-        self._lease: SessionLease | None = None
-
-    @property
-    def container_name(self) -> str:
-        return CONTAINER_PREFIX + self.session_id
+        self._leases = LeaseHolder(session_id=self.session_id, sandbox=self.container_name)
 
     def _client(self) -> aiodocker.Docker:
         if self._docker is None:
@@ -158,91 +152,6 @@ class DockerRuntime(EventStreamRuntime):
         except OSError as exc:
             raise SandboxError(f"cannot reach the Docker engine: {exc}") from exc
 
-    def _api_key_of(self, info: Mapping[str, Any]) -> str:
-        return rundir.key_of(info, name=self.container_name)
-
-    def _hold(self, run_dir: str | None) -> None:
-        """Hold the lease of the sandbox whose run directory this is (SessionInUseError)."""
-        if run_dir is None or not os.path.isdir(run_dir):
-            return  # not ours, or its owner is gone and took the directory with it
-        if self._lease is not None and self._lease.run_dir == run_dir:
-            return
-        lease = SessionLease.acquire(
-            run_dir, session_id=self.session_id, sandbox=self.container_name
-        )
-        self._release_lease()
-        self._lease = lease
-
-    def _release_lease(self) -> None:
-        lease, self._lease = self._lease, None
-        if lease is not None:
-            lease.release()
-
-    def _endpoint_from(self, info: Mapping[str, Any], api_key: str) -> SandboxEndpoint:
-        self.endpoint = spec.find_endpoint(
-            self.config, info, api_key=api_key, name=self.container_name
-        )
-        return self.endpoint
-
-    async def _attach(self, container: Any) -> SandboxEndpoint | None:
-        """Attach to a running container of this session, or clear a dead one away."""
-        with translated():
-            info = await container.show()
-        # Before anything else: a container another live runtime uses is not touched.
-        self._hold(rundir.run_dir_of(info))
-        if not info["State"].get("Running"):
-            with translated():
-                await container.delete(force=True)
-            self._release_lease()
-            return None
-        api_key = self._api_key_of(info)
-        self.container = container
-        self.attached = True
-        self._run_dir = rundir.run_dir_of(info)
-        endpoint = self._endpoint_from(info, api_key)
-        self.report_status(RuntimeStatus.STARTING, f"attached to running {self.container_name}")
-        self._watch(container)
-        return endpoint
-
-    async def _start_again(self, container: Any) -> SandboxEndpoint:
-        """Start this session's stopped container again (auto_restart)."""
-        try:
-            return await self._start_existing(container)
-        except (NotFound, Conflict) as exc:
-            # A removal racing the restart: gone or going by now.
-            raise SandboxError(
-                f"{self.container_name} was removed while it was being started again "
-                f"({exc.message}); connect() makes a fresh sandbox"
-            ) from exc
-
-    async def _start_existing(self, container: Any) -> SandboxEndpoint:
-        with translated():
-            info = await container.show()
-        if info["State"].get("Running"):
-            endpoint = await self._attach(container)
-            assert endpoint is not None
-            return endpoint
-        if info["State"].get("Status") in ("removing", "dead"):
-            raise SandboxError(
-                f"{self.container_name} is being removed, so it cannot be started again; "
-                "connect() makes a fresh sandbox"
-            )
-        self._hold(rundir.run_dir_of(info))
-        api_key = self._api_key_of(info)
-        self.container = container
-        self._run_dir = rundir.run_dir_of(info)
-        self.report_status(RuntimeStatus.STARTING, f"starting {self.container_name} again")
-        # The log still holds the previous run's "listening on" line: read only newer ones.
-        since = time.time()
-        with translated():
-            await container.start()
-        await self._until_listening(container, since=since)
-        with translated():
-            info = await container.show()
-        endpoint = self._endpoint_from(info, api_key)
-        self._watch(container)
-        return endpoint
-
     async def _resolve_image(self) -> str:
         def report(message: str) -> None:
             self.report_status(RuntimeStatus.BUILDING, message)
@@ -279,7 +188,7 @@ class DockerRuntime(EventStreamRuntime):
             rundir.make_run_dir, self.session_id, api_key
         )
         try:
-            self._hold(self._run_dir)
+            self._leases.hold(self._run_dir)
             writable = (
                 await self._writable_places(image, owner_uid)
                 if self.config.read_only_root
@@ -360,7 +269,7 @@ class DockerRuntime(EventStreamRuntime):
                     self._client(), self.container_name, run_dir=self._run_dir
                 )
             await self._remove_container()
-            self._release_lease()
+            self._leases.release()
             run_dir, etc_dir, self._run_dir, self._etc_dir = (
                 self._run_dir,
                 self._etc_dir,
@@ -441,7 +350,7 @@ class DockerRuntime(EventStreamRuntime):
             else:
                 await self._remove_container()
         finally:
-            self._release_lease()
+            self._leases.release()
             with anyio.CancelScope(shield=True):
                 if not self.config.keep_runtime_alive:
                     run_dir, etc_dir = self._run_dir, self._etc_dir

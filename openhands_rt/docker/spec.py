@@ -48,6 +48,7 @@ from openhands_rt.runtime import SandboxEndpoint
 from openhands_rt.sandboxes import LABEL_KEEP_ALIVE, LABEL_SESSION, owner_labels
 
 __all__ = [
+    "CONTAINER_PREFIX",
     "RUNSC_MEMORY_HEADROOM_MB",
     "SANDBOX_USER",
     "SERVER_COMMAND",
@@ -66,6 +67,8 @@ __all__ = [
     "writable_places",
 ]
 
+#: The container's name is this prefix and the session id.
+CONTAINER_PREFIX = "openhands-runtime-"
 SERVER_PORT = 30150
 SERVER_PYTHON = "/openhands_rt/venv/bin/python"
 #: ``-I``: isolated; the server's path is the image's root-owned code and venv only.

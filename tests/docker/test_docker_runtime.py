@@ -139,18 +139,27 @@ def run_dirs_of(sid: str) -> list[str]:
     return sorted(str(p) for p in Path(tempfile.gettempdir()).glob(f"{HOST_DIR_PREFIX}{sid}-*"))
 
 
-@pytest.mark.parametrize("read_only_root", [False, True])
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        # The container is made and never becomes ready.
+        ({}, SandboxStartError),
+        ({"read_only_root": True, "run_as_root": True}, SandboxStartError),
+        # Refused before the container is made: the base image has no sandbox user.
+        ({"read_only_root": True}, SandboxError),
+    ],
+)
 async def test_a_failed_start_removes_what_it_made_even_if_kept_alive(
-    stream: EventStream, make_config: ConfigFactory, base_image: str, read_only_root: bool
+    stream: EventStream,
+    make_config: ConfigFactory,
+    base_image: str,
+    overrides: dict[str, object],
+    error: type[SandboxError],
 ) -> None:
     # keep_runtime_alive keeps a sandbox that became ready, never one that did not.
     sid = session_id()
-    config = make_config(
-        runtime_container_image=base_image,
-        keep_runtime_alive=True,
-        read_only_root=read_only_root,
-    )
-    with pytest.raises(SandboxStartError):
+    config = make_config(runtime_container_image=base_image, keep_runtime_alive=True, **overrides)
+    with pytest.raises(error):
         async with DockerRuntime(stream, config, session_id=sid):
             pass
     assert not await container_exists(CONTAINER_PREFIX + sid)
