@@ -141,9 +141,13 @@ def _info(raw: dict[str, Any]) -> SandboxInfo:
 async def list_sandboxes(
     docker: aiodocker.Docker, *, labels: Mapping[str, str] | None = None
 ) -> list[SandboxInfo]:
-    """Our containers, by name; only those carrying every one of ``labels`` when given."""
+    """Our containers, by name; only those carrying every one of ``labels`` when given.
+
+    Raises :class:`~openhands_rt.docker.engine.EngineError` when the engine refuses.
+    """
     wanted = [LABEL_SESSION, *(f"{key}={value}" for key, value in (labels or {}).items())]
-    containers = await docker.containers.list(all=True, filters={"label": wanted})
+    with translated():
+        containers = await docker.containers.list(all=True, filters={"label": wanted})
     return sorted((_info(c._container) for c in containers), key=lambda s: s.name)
 
 

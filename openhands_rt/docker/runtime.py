@@ -342,16 +342,18 @@ class DockerRuntime(AttachingRuntime):
         # A failed restart stops the sandbox from inside the restart task itself: the
         # group is then cancelled last, once the cleanup below is done.
         inside = self._tasks.is_current()
-        if not inside:
-            await self._tasks.aclose()
-        try:
-            if self.config.keep_runtime_alive:
-                self.container = None
-            else:
-                await self._remove_container()
-        finally:
-            self._leases.release()
-            with anyio.CancelScope(shield=True):
+        # Shielded: a stop that a cancellation cut short would leave the container,
+        # the run directory or the lease behind.
+        with anyio.CancelScope(shield=True):
+            try:
+                if not inside:
+                    await self._tasks.aclose()
+                if self.config.keep_runtime_alive:
+                    self.container = None
+                else:
+                    await self._remove_container()
+            finally:
+                self._leases.release()
                 if not self.config.keep_runtime_alive:
                     run_dir, etc_dir = self._run_dir, self._etc_dir
                     self._run_dir = self._etc_dir = None
@@ -360,5 +362,5 @@ class DockerRuntime(AttachingRuntime):
                     # Made again on the next connect(); never left open past a stop.
                     await self._docker.close()
                     self._docker = None
-            if inside:
-                self._tasks.cancel()
+                if inside:
+                    self._tasks.cancel()
