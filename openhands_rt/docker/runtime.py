@@ -270,12 +270,8 @@ class DockerRuntime(AttachingRuntime):
                 )
             await self._remove_container()
             self._leases.release()
-            run_dir, etc_dir, self._run_dir, self._etc_dir = (
-                self._run_dir,
-                self._etc_dir,
-                None,
-                None,
-            )
+            run_dir, etc_dir = self._run_dir, self._etc_dir
+            self._run_dir = self._etc_dir = None
             await anyio.to_thread.run_sync(rundir.remove_dirs, run_dir, etc_dir)
 
     # ------------------------------------------------------------------ death, restart, stop
