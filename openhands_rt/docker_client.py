@@ -15,8 +15,8 @@ from urllib.parse import quote, urlencode
 
 import aiodocker
 import aiohttp
-from aiodocker.exceptions import DockerError
 
+from openhands_rt.docker.engine import EngineError, NotFound, translated
 from openhands_rt.errors import SandboxError
 
 __all__ = ["image_exists", "import_image", "open_docker", "split_image_ref", "use_docker"]
@@ -50,8 +50,9 @@ async def open_docker(url: str | None = None) -> AsyncIterator[aiodocker.Docker]
         raise SandboxError(f"no Docker engine found ({exc}); start one first") from exc
     try:
         try:
-            await docker.version()
-        except (DockerError, aiohttp.ClientError, OSError) as exc:
+            with translated():
+                await docker.version()
+        except (EngineError, OSError) as exc:
             raise SandboxError(
                 f"the Docker engine at {docker.docker_host} does not answer: {exc}"
             ) from exc
@@ -73,10 +74,11 @@ async def use_docker(docker: aiodocker.Docker | None) -> AsyncIterator[aiodocker
 async def image_exists(docker: aiodocker.Docker, ref: str) -> dict[str, Any] | None:
     """The image's inspect data, or None when no image has that name/tag/id."""
     try:
-        return await docker.images.inspect(ref)
-    except DockerError as exc:
-        if exc.status == 404:
-            return None
+        with translated():
+            return await docker.images.inspect(ref)
+    except NotFound:
+        return None
+    except EngineError as exc:
         raise SandboxError(f"cannot inspect image {ref}: {exc.message}") from exc
 
 
@@ -105,30 +107,29 @@ async def import_image(
     path = "images/create?" + urlencode(query, quote_via=quote)
     last_status = ""
     try:
-        async with docker._query(
-            path,
-            "POST",
-            data=rootfs_tar,
-            headers={"Content-Type": "application/x-tar"},
-            timeout=aiohttp.ClientTimeout(),
-            chunked=True,
-        ) as response:
-            async for raw in response.content:
-                line = raw.strip()
-                if not line:
-                    continue
-                item = json.loads(line)
-                if "error" in item or "errorDetail" in item:
-                    detail = item.get("errorDetail") or {}
-                    raise SandboxError(
-                        f"importing {repository}:{tag} failed: "
-                        f"{detail.get('message') or item.get('error')}"
-                    )
-                last_status = str(item.get("status", last_status))
-    except DockerError as exc:
+        with translated():
+            async with docker._query(
+                path,
+                "POST",
+                data=rootfs_tar,
+                headers={"Content-Type": "application/x-tar"},
+                timeout=aiohttp.ClientTimeout(),
+                chunked=True,
+            ) as response:
+                async for raw in response.content:
+                    line = raw.strip()
+                    if not line:
+                        continue
+                    item = json.loads(line)
+                    if "error" in item or "errorDetail" in item:
+                        detail = item.get("errorDetail") or {}
+                        raise SandboxError(
+                            f"importing {repository}:{tag} failed: "
+                            f"{detail.get('message') or item.get('error')}"
+                        )
+                    last_status = str(item.get("status", last_status))
+    except EngineError as exc:
         raise SandboxError(f"importing {repository}:{tag} failed: {exc.message}") from exc
-    except aiohttp.ClientError as exc:
-        raise SandboxError(f"importing {repository}:{tag} failed: {exc}") from exc
     inspected = await image_exists(docker, f"{repository}:{tag}")
     if inspected is None:
         raise SandboxError(

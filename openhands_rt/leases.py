@@ -1,6 +1,6 @@
 """Session leases: which live runtime owns a sandbox, across processes.
 
-A sandbox's host run directory (see :mod:`openhands_rt.docker_runtime`) holds
+A sandbox's host run directory (see :mod:`openhands_rt.docker.rundir`) holds
 a lease file, :data:`LEASE_FILE`. The runtime that uses the sandbox holds an
 exclusive ``flock`` on it for as long as it does, and writes its owner
 string (:func:`openhands_rt.sandboxes.owner_labels`: host, boot id, pid and
@@ -30,7 +30,7 @@ import os
 from openhands_rt.errors import SessionInUseError
 from openhands_rt.sandboxes import LABEL_OWNER, owner_labels
 
-__all__ = ["LEASE_FILE", "SessionLease"]
+__all__ = ["LEASE_FILE", "LeaseHolder", "SessionLease"]
 
 LEASE_FILE = "owner"
 
@@ -81,6 +81,39 @@ class SessionLease:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
             os.close(fd)
+
+
+class LeaseHolder:
+    """The one lease a runtime holds at a time, on the sandbox it uses.
+
+    ``sandbox``: the sandbox's name, for the refusal's message.
+    """
+
+    def __init__(self, *, session_id: str, sandbox: str) -> None:
+        self.session_id = session_id
+        self.sandbox = sandbox
+        self.lease: SessionLease | None = None
+
+    def hold(self, run_dir: str | None) -> None:
+        """Hold the lease of the sandbox whose run directory this is, giving up any other.
+
+        No-op when ``run_dir`` is None or gone (not ours, or its owner is gone and
+        took the directory with it) or already held. Raises
+        :class:`SessionInUseError` when a live runtime holds it.
+        """
+        if run_dir is None or not os.path.isdir(run_dir):
+            return
+        if self.lease is not None and self.lease.run_dir == run_dir:
+            return
+        lease = SessionLease.acquire(run_dir, session_id=self.session_id, sandbox=self.sandbox)
+        self.release()
+        self.lease = lease
+
+    def release(self) -> None:
+        """Give up the lease held, if any. Idempotent."""
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            lease.release()
 
 
 def describe_owner(owner: str) -> str:

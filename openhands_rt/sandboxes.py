@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiodocker
-from aiodocker.exceptions import DockerError
+
+from openhands_rt.docker.engine import EngineError, NotFound, translated
 
 __all__ = [
     "HOST_DIR_PREFIX",
@@ -140,9 +141,13 @@ def _info(raw: dict[str, Any]) -> SandboxInfo:
 async def list_sandboxes(
     docker: aiodocker.Docker, *, labels: Mapping[str, str] | None = None
 ) -> list[SandboxInfo]:
-    """Our containers, by name; only those carrying every one of ``labels`` when given."""
+    """Our containers, by name; only those carrying every one of ``labels`` when given.
+
+    Raises :class:`~openhands_rt.docker.engine.EngineError` when the engine refuses.
+    """
     wanted = [LABEL_SESSION, *(f"{key}={value}" for key, value in (labels or {}).items())]
-    containers = await docker.containers.list(all=True, filters={"label": wanted})
+    with translated():
+        containers = await docker.containers.list(all=True, filters={"label": wanted})
     return sorted((_info(c._container) for c in containers), key=lambda s: s.name)
 
 
@@ -162,10 +167,12 @@ async def reap_orphans(
         if not dead_owner or (sandbox.keep_alive and not include_kept):
             continue
         try:
-            await docker.containers.container(sandbox.id).delete(force=True)
-        except DockerError as exc:
-            if exc.status != 404:
-                logger.warning("could not remove orphan %s: %s", sandbox.name, exc.message)
+            with translated():
+                await docker.containers.container(sandbox.id).delete(force=True)
+        except NotFound:
+            continue  # removed by someone else meanwhile
+        except EngineError as exc:
+            logger.warning("could not remove orphan %s: %s", sandbox.name, exc.message)
             continue
         logger.info("removed orphaned sandbox %s", sandbox.name)
         removed.append(sandbox.name)

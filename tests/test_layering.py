@@ -8,7 +8,11 @@
 - no module of the three packages takes part in an import cycle (imports
   inside functions count; ``if TYPE_CHECKING:`` imports do not);
 - the wire contract (``events.wire``) is spelled in one place: neither side
-  writes one of its values as a literal.
+  writes one of its values as a literal;
+- Docker's statuses are named once, at the aiodocker edge
+  (``openhands_rt.docker.engine``): nothing else catches aiodocker's
+  ``DockerError`` or compares a ``status`` with 404 or 409;
+- ``DEFAULT_BASE_IMAGE`` is defined once (``openhands_rt.config``).
 """
 
 from __future__ import annotations
@@ -266,3 +270,72 @@ def test_no_import_cycles() -> None:
         "openhands_rt.runtime" in deps for deps in graph.values()
     ), "the graph misses edges"
     assert cycles(graph) == []
+
+
+DOCKER_EDGE = Path("openhands_rt/docker/engine.py")
+DOCKER_STATUSES = {404, 409}
+
+
+def docker_status_tests(tree: ast.AST) -> list[tuple[int, str]]:
+    """Where ``tree`` names aiodocker's errors or compares a ``status`` with 404/409."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("aiodocker"):
+            if node.module == "aiodocker.exceptions" or any(
+                a.name.endswith("Error") for a in node.names
+            ):
+                found.append((node.lineno, f"from {node.module} import ..."))
+        elif isinstance(node, ast.Attribute | ast.Name) and (
+            (node.attr if isinstance(node, ast.Attribute) else node.id) == "DockerError"
+        ):
+            found.append((node.lineno, "DockerError"))
+        elif isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            constants = {
+                c.value
+                for side in sides
+                for c in ast.walk(side)
+                if isinstance(c, ast.Constant) and isinstance(c.value, int)
+            }
+            status = any(
+                isinstance(side, ast.Attribute) and side.attr == "status" for side in sides
+            )
+            if status and constants & DOCKER_STATUSES:
+                found.append((node.lineno, ast.unparse(node)))
+    return found
+
+
+def test_the_status_finder_finds_status_tests() -> None:
+    tree = ast.parse(
+        "from aiodocker.exceptions import DockerError\n"
+        "try:\n    pass\nexcept aiodocker.exceptions.DockerError as exc:\n"
+        "    if exc.status == 404: pass\n"
+        "    if exc.status in (404, 409): pass\n"
+        "    if response.status != 409: pass\n"
+        "    if exc.status == 500: pass\n"
+    )
+    assert [line for line, _ in docker_status_tests(tree)] == [1, 4, 5, 6, 7]
+
+
+def test_dockers_statuses_are_named_only_at_the_edge() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {what}"
+        for path in sorted((ROOT / "openhands_rt").rglob("*.py"))
+        if path.relative_to(ROOT) != DOCKER_EDGE
+        for line, what in docker_status_tests(ast.parse(path.read_text(), filename=str(path)))
+    ]
+    assert not found, "Docker errors handled outside the edge:\n" + "\n".join(found)
+    assert docker_status_tests(ast.parse((ROOT / DOCKER_EDGE).read_text())), "the edge moved"
+
+
+def test_the_default_base_image_is_defined_once() -> None:
+    defined = [
+        str(path.relative_to(ROOT))
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ast.Assign | ast.AnnAssign)
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Name) and target.id == "DEFAULT_BASE_IMAGE"
+    ]
+    assert defined == ["openhands_rt/config.py"]

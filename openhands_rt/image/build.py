@@ -35,8 +35,8 @@ from typing import Any
 import aiodocker
 import aiohttp
 import anyio
-from aiodocker.exceptions import DockerError
 
+from openhands_rt.docker.engine import EngineError, EngineUnreachable, translated
 from openhands_rt.docker_client import image_exists, use_docker
 from openhands_rt.errors import SandboxBuildError, SandboxError
 from openhands_rt.image.build_progress import (
@@ -584,8 +584,9 @@ class _Builder:
         for kind in more_tags:
             repository, _, tag = self._refs[kind].rpartition(":")
             try:
-                await self._docker.images.tag(image_id, repository, tag=tag)
-            except DockerError as exc:
+                with translated():
+                    await self._docker.images.tag(image_id, repository, tag=tag)
+            except EngineError as exc:
                 raise SandboxBuildError(f"cannot tag {image_id} as {self._refs[kind]}") from exc
             new_tags.append(self._refs[kind])
         return image_id, tuple(new_tags)
@@ -618,28 +619,30 @@ class _Builder:
         output = BuildOutput()
         what = tag or f"system packages for {self._base_image}"
         try:
-            async with self._docker._query(
-                "build",
-                "POST",
-                params=params,
-                data=_chunks(context),
-                headers={"Content-Type": "application/x-tar"},
-                timeout=aiohttp.ClientTimeout(),
-            ) as response:
-                async for raw in response.content:
-                    if not raw.strip():
-                        continue
-                    for line in output.feed(json.loads(raw)):
-                        await self._line(line)
-            for line in output.finish():
-                await self._line(line)
-        except DockerError as exc:
+            with translated():
+                async with self._docker._query(
+                    "build",
+                    "POST",
+                    params=params,
+                    data=_chunks(context),
+                    headers={"Content-Type": "application/x-tar"},
+                    timeout=aiohttp.ClientTimeout(),
+                ) as response:
+                    async for raw in response.content:
+                        if not raw.strip():
+                            continue
+                        for line in output.feed(json.loads(raw)):
+                            await self._line(line)
+                for line in output.finish():
+                    await self._line(line)
+        except EngineUnreachable as exc:
+            raise SandboxBuildError(
+                f"building {what} failed: lost the engine ({exc.message})",
+                log_tail=list(output.tail),
+            ) from exc
+        except EngineError as exc:
             raise SandboxBuildError(
                 f"building {what} failed: {exc.message}", log_tail=list(output.tail)
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise SandboxBuildError(
-                f"building {what} failed: lost the engine ({exc})", log_tail=list(output.tail)
             ) from exc
         if output.error is not None:
             raise SandboxBuildError(

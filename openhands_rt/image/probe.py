@@ -17,8 +17,8 @@ from typing import Any
 import aiodocker
 import anyio
 import msgspec
-from aiodocker.exceptions import DockerError
 
+from openhands_rt.docker.engine import EngineError, translated
 from openhands_rt.errors import SandboxBuildError, SandboxError
 from openhands_rt.image.cache import cache_dir
 
@@ -265,13 +265,15 @@ async def _run_probe(docker: aiodocker.Docker, image: str, labels: Mapping[str, 
         "HostConfig": {"NetworkMode": "none"},
     }
     try:
-        container = await docker.containers.create(config=config)
-    except DockerError as exc:
+        with translated():
+            container = await docker.containers.create(config=config)
+    except EngineError as exc:
         raise SandboxError(f"cannot create a container from {image}: {exc.message}") from exc
     try:
         try:
-            await container.start()
-        except DockerError as exc:
+            with translated():
+                await container.start()
+        except EngineError as exc:
             if "/bin/sh" in exc.message or "no such file" in exc.message:
                 raise SandboxBuildError(
                     f"base image {image} has no /bin/sh: it has no python3 and no "
@@ -288,6 +290,7 @@ async def _run_probe(docker: aiodocker.Docker, image: str, labels: Mapping[str, 
         return output
     finally:
         try:
-            await container.delete(force=True)
-        except DockerError as exc:
+            with translated():
+                await container.delete(force=True)
+        except EngineError as exc:
             logger.warning("cannot remove probe container %s: %s", container.id, exc.message)

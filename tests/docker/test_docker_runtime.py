@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import aiodocker
+import anyio
 import pytest
 from support import ConfigFactory, container_exists, session_id, sh
 
@@ -130,6 +131,71 @@ async def test_start_failure_reports_logs_and_removes_container(
             pass
     assert "openhands_rt/venv/bin/python" in str(info.value) or info.value.log_tail
     assert not await container_exists(CONTAINER_PREFIX + sid)
+    assert run_dirs_of(sid) == []
+
+
+def run_dirs_of(sid: str) -> list[str]:
+    """The host run directories (and /etc directories) of session ``sid`` that exist."""
+    return sorted(str(p) for p in Path(tempfile.gettempdir()).glob(f"{HOST_DIR_PREFIX}{sid}-*"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        # The container is made and never becomes ready.
+        ({}, SandboxStartError),
+        ({"read_only_root": True, "run_as_root": True}, SandboxStartError),
+        # Refused before the container is made: the base image has no sandbox user.
+        ({"read_only_root": True}, SandboxError),
+    ],
+)
+async def test_a_failed_start_removes_what_it_made_even_if_kept_alive(
+    stream: EventStream,
+    make_config: ConfigFactory,
+    base_image: str,
+    overrides: dict[str, object],
+    error: type[SandboxError],
+) -> None:
+    # keep_runtime_alive keeps a sandbox that became ready, never one that did not.
+    sid = session_id()
+    config = make_config(runtime_container_image=base_image, keep_runtime_alive=True, **overrides)
+    with pytest.raises(error):
+        async with DockerRuntime(stream, config, session_id=sid):
+            pass
+    assert not await container_exists(CONTAINER_PREFIX + sid)
+    assert run_dirs_of(sid) == []
+
+
+async def test_a_cancelled_start_removes_what_it_made(
+    stream: EventStream, make_config: ConfigFactory, docker: aiodocker.Docker
+) -> None:
+    sid = session_id()
+    rt = DockerRuntime(stream, make_config(keep_runtime_alive=True), session_id=sid)
+    connecting = asyncio.create_task(rt.connect())
+    # Cancelled while it waits for the server, once its container exists (seen from
+    # outside, as an engine client: there is no event for it to wait on).
+    with anyio.fail_after(60):
+        while not await container_exists(CONTAINER_PREFIX + sid):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    connecting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await connecting
+    assert not await container_exists(CONTAINER_PREFIX + sid)
+    assert run_dirs_of(sid) == []
+    await rt.aclose()
+
+
+async def test_connect_and_close_in_different_tasks(
+    stream: EventStream, make_config: ConfigFactory
+) -> None:
+    # As pytest-asyncio fixtures and web frameworks do: the runtime's task group is
+    # not tied to the task that connected it.
+    rt = DockerRuntime(stream, make_config(), session_id=session_id())
+    await asyncio.create_task(rt.connect())
+    assert (await sh(rt, "echo one")).content.strip() == "one"
+    await asyncio.create_task(rt.aclose())
+    assert not await container_exists(rt.container_name)
+    assert run_dirs_of(rt.session_id) == []
 
 
 async def test_container_killed_mid_action(stream: EventStream, make_config: ConfigFactory) -> None:

@@ -142,3 +142,22 @@ def test_replay_takes_the_plugins_the_session_was_recorded_with(tmp_path: Path) 
     [answer] = [e for e in asyncio.run(answers()) if not isinstance(e, RuntimeStatusObservation)]
     assert isinstance(answer, IPythonRunCellObservation), answer
     assert answer.content.startswith("42\n")
+
+
+@pytest.mark.parametrize("command", ["ps", "gc"])
+def test_ps_and_gc_without_an_engine_say_so_in_one_line(command: str, tmp_path: Path) -> None:
+    env = {**os.environ, "COLUMNS": "200", "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    result = subprocess.run(
+        [sys.executable, "-m", "openhands_rt.cli", command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().startswith("error:")
+    # The engine's refusal arrives named (EngineUnreachable), not as aiodocker's DockerError.
+    assert "DockerError" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "no-engine.sock" in result.stderr
