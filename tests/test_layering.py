@@ -339,3 +339,17 @@ def test_the_default_base_image_is_defined_once() -> None:
         if isinstance(target, ast.Name) and target.id == "DEFAULT_BASE_IMAGE"
     ]
     assert defined == ["openhands_rt/config.py"]
+
+
+#: Modules of one concept: past this a module holds several and is split (STYLE.md).
+MAX_MODULE_LINES = 600
+
+
+def test_no_module_is_over_the_size_of_one_concept() -> None:
+    too_long = {
+        f"{path.relative_to(ROOT)}: {count} lines"
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if (count := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not too_long, "split these modules:\n" + "\n".join(sorted(too_long))
