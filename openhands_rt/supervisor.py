@@ -1,23 +1,37 @@
-"""A task group that outlives the task that opened it: the runtime's background tasks live here.
+"""Supervisor: one task group for an owner that is opened and closed by different tasks.
 
 anyio and asyncio task groups must be left by the task that entered them, but
 a runtime is opened and closed by whoever its user is: ``await rt.connect()``
-in a fixture's setup, ``await rt.aclose()`` in its teardown — two tasks. So
-the group is entered by a task of its own (the *root*), which
-:meth:`Supervisor.start` starts and :meth:`Supervisor.aclose` cancels and
-awaits, from any task. The root is the one task the runtime starts outside a
-task group; everything else runs inside it (:meth:`Supervisor.start_soon`).
+in a fixture's setup, ``await rt.aclose()`` in its teardown — two tasks
+(pytest-asyncio and web frameworks do this). So the group is entered by a task
+of its own, the *root*, which :meth:`Supervisor.start` starts and
+:meth:`Supervisor.aclose` cancels and awaits, from any task. The root is the
+one task an owner starts outside a task group; everything else runs inside it
+(:meth:`Supervisor.start_soon`).
 
-A task that raises cancels the others, and the supervisor hands the error to
-its owner's ``on_failure`` (the runtime reports it on the stream and answers
-everything waiting): never silence, never a crash of an unrelated task.
+Two owners: :class:`~openhands_rt.runtime.EventStreamRuntime` (from its first
+``connect()`` until ``aclose()``: the channel reader, the log-failure watch, a
+subclass's drainer) and :class:`~openhands_rt.docker.runtime.DockerRuntime`'s
+sandbox (from one sandbox's start until its stop: the container watcher and an
+automatic restart; a runtime may start several sandboxes, one after the other).
+
+A task that raises cancels the others, is logged with its traceback, and is
+handed to the owner's ``on_failure`` (the runtime reports it on the stream and
+answers everything waiting): never silence. The group is then closed; the
+owner's next :meth:`~Supervisor.start` opens a new one.
+
+A child may close its own supervisor (a failed restart stops its sandbox from
+inside the restart task): :meth:`~Supervisor.aclose` called from inside the
+group (:meth:`~Supervisor.is_current`) only cancels — waiting there would wait
+for itself — and the group ends once that child returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -29,9 +43,19 @@ __all__ = ["Supervisor", "describe_error"]
 
 logger = logging.getLogger(__name__)
 
+# The supervisor whose group runs the current task (None outside every group). A
+# context variable, so the tasks a child starts in its own task groups count as inside.
+_current: contextvars.ContextVar[Supervisor | None] = contextvars.ContextVar(
+    "openhands_rt_supervisor", default=None
+)
+
 
 class Supervisor:
-    """One task group, from :meth:`start` until :meth:`aclose` (see the module docstring)."""
+    """One task group, from :meth:`start` until :meth:`aclose` (see the module docstring).
+
+    Starts nothing until :meth:`start`; may be started again after
+    :meth:`aclose` or after a failure.
+    """
 
     def __init__(self, name: str, *, on_failure: Callable[[Exception], None]) -> None:
         self.name = name
@@ -41,17 +65,26 @@ class Supervisor:
 
     @property
     def running(self) -> bool:
-        return self._task_group is not None
+        """Whether the group takes new tasks (started, not cancelled, not failed)."""
+        group = self._task_group
+        return group is not None and not group.cancel_scope.cancel_called
+
+    def is_current(self) -> bool:
+        """Whether the calling task runs inside this group (a child, or a task a child started)."""
+        return _current.get() is self
 
     async def start(self) -> bool:
-        """Open the task group unless it is open; whether this call opened it.
+        """Open the group unless it runs; whether this call opened it.
 
-        After a failure (a task raised, the group ended) it opens a new group.
+        A group that is closing (cancelled, or failed) is waited for first,
+        then a new one is opened. Called from inside the group, a no-op.
         """
-        if self._root is not None and not self._root.done():
+        if self.running or self.is_current():
             return False
+        await self._wait_root(shield=False)
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # The deliberate bare task: see the module docstring.
+        # The deliberate bare task: the group's root, which must outlive the task that
+        # calls start() (see the module docstring). aclose() cancels and awaits it.
         root = asyncio.get_running_loop().create_task(
             self._run(ready), name=f"{self.name}-supervisor"
         )
@@ -67,21 +100,40 @@ class Supervisor:
         return True
 
     def start_soon(
-        self, func: Callable[..., Coroutine[Any, Any, object]], *args: Any, name: str | None = None
+        self, func: Callable[..., Awaitable[object]], *args: Any, name: str | None = None
     ) -> None:
-        """Run ``func(*args)`` in the group; cancelled by :meth:`aclose`."""
-        if self._task_group is None:
-            raise SandboxClosedError(f"{self.name} is not running")
-        self._task_group.start_soon(func, *args, name=name)
+        """Run ``func(*args)`` as a child of the group; cancelled by :meth:`aclose`.
+
+        Raises :class:`SandboxClosedError` when the group is not running.
+        """
+        if self._task_group is None or not self.running:
+            raise SandboxClosedError(f"{self.name}: the task group is not running")
+        task_name = name if name is not None else f"{self.name}-{_name_of(func)}"
+        self._task_group.start_soon(self._child, func, args, name=task_name)
+
+    def cancel(self) -> None:
+        """Cancel every child; the group ends once they have returned."""
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
 
     async def aclose(self) -> None:
-        """Cancel every task of the group and wait for them (from any task)."""
+        """Cancel every child and wait for the group to end (from any task).
+
+        Called from inside the group it only cancels (:meth:`cancel`): waiting
+        there would wait for itself.
+        """
+        self.cancel()
+        if self.is_current():
+            return
+        await self._wait_root(shield=True)
+
+    async def _wait_root(self, *, shield: bool) -> None:
+        """Wait for the last root to end; raise what it raised past its group (never Exception)."""
         root, self._root = self._root, None
         if root is None:
             return
-        if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
-        with anyio.CancelScope(shield=True):
+        # asyncio.wait, not `await root`: a cancelled waiter must not cancel the root.
+        with anyio.CancelScope(shield=shield):
             await asyncio.wait([root])
         if not root.cancelled() and (error := root.exception()) is not None:
             raise error
@@ -93,10 +145,20 @@ class Supervisor:
                 ready.set_result(None)
                 await anyio.sleep_forever()
         except Exception as exc:
-            logger.exception("%s: a task failed", self.name)
+            # Never silence: the owner turns it into its error event.
+            logger.error("%s: a task died", self.name, exc_info=exc)
             self._on_failure(exc)
         finally:
             self._task_group = None
+
+    async def _child(self, func: Callable[..., Awaitable[object]], args: tuple[Any, ...]) -> None:
+        _current.set(self)
+        await func(*args)
+
+
+def _name_of(func: Callable[..., object]) -> str:
+    name = getattr(func, "__name__", None)
+    return name if isinstance(name, str) else type(func).__name__
 
 
 def describe_error(exc: BaseException) -> str:

@@ -9,7 +9,6 @@ Modules, each one concept:
 - :mod:`~openhands_rt.docker.rundir` — the host run directory (key, socket);
 - :mod:`~openhands_rt.docker.lifecycle` — readiness, logs, exit, removal;
 - :mod:`~openhands_rt.docker.restart` — the auto-restart budget (pure);
-- :mod:`~openhands_rt.docker.supervisor` — the task group a runtime owns;
 - :mod:`~openhands_rt.docker.attach` — taking over a session's existing
   container (attach, start again), under the session's lease;
 - :mod:`~openhands_rt.docker.runtime` — :class:`DockerRuntime`, which makes,

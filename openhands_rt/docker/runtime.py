@@ -28,9 +28,11 @@ its owner has closed it, a new runtime with its session id takes it over
 (``attached`` is then true) and owns it from then on; its ``config`` decides
 whether closing keeps it or removes it.
 
-Tasks: the runtime owns one :class:`~openhands_rt.docker.supervisor.TaskSupervisor`,
-opened by ``connect()`` and closed by ``aclose()``; its children are the
-container's watcher (one per started container) and an automatic restart.
+Tasks: besides the runtime's own group (the channel reader, from ``connect()``
+until ``aclose()``), each sandbox has a :class:`~openhands_rt.supervisor.Supervisor`
+of its own, opened by the sandbox's start and closed by its stop (a runtime may
+start several sandboxes, one after the other); its children are the container's
+watcher (one per started container) and an automatic restart.
 A start that fails removes what it made (the container, the run directory).
 """
 
@@ -56,12 +58,12 @@ from openhands_rt.docker.engine import (
 )
 from openhands_rt.docker.restart import RestartBudget, restart_note
 from openhands_rt.docker.spec import CONTAINER_PREFIX
-from openhands_rt.docker.supervisor import TaskSupervisor
 from openhands_rt.errors import SandboxError, SandboxStartError, SessionInUseError
 from openhands_rt.leases import LeaseHolder
 from openhands_rt.plugins import check_plugins
 from openhands_rt.runtime import SandboxEndpoint
 from openhands_rt.sandboxes import LABEL_SESSION, owner_labels, reap_orphans
+from openhands_rt.supervisor import Supervisor, describe_error
 
 __all__ = ["CONTAINER_PREFIX", "DockerRuntime"]
 
@@ -97,7 +99,8 @@ class DockerRuntime(AttachingRuntime):
         self.attached = False
         self.auto_restart = self.config.auto_restart if auto_restart is None else auto_restart
         self.restarts = 0  # how many times auto_restart brought the container back
-        self._tasks = TaskSupervisor(f"docker-{self.session_id}", on_crash=self._task_died)
+        # The sandbox's tasks, from _start_sandbox() to _stop_sandbox() (see the module docstring).
+        self._tasks = Supervisor(f"docker-{self.session_id}", on_failure=self._task_died)
         self._restarting = False
         self._restart_budget = RestartBudget()
         self._connect_lock = anyio.Lock()
@@ -277,7 +280,7 @@ class DockerRuntime(AttachingRuntime):
     # ------------------------------------------------------------------ death, restart, stop
 
     def _watch(self, container: Any) -> None:
-        self._tasks.start_soon(self._watch_container, container, name="watch")
+        self._tasks.start_soon(self._watch_container, container, name=f"{self._tasks.name}-watch")
 
     async def _watch_container(self, container: Any) -> None:
         try:
@@ -301,7 +304,7 @@ class DockerRuntime(AttachingRuntime):
         logger.warning("%s", reason)
         self._sandbox_died(reason)
         if restart:
-            self._tasks.start_soon(self._restart, name="restart")
+            self._tasks.start_soon(self._restart, name=f"{self._tasks.name}-restart")
 
     def _may_restart(self) -> bool:
         if not self.auto_restart or self._closed:
@@ -322,10 +325,10 @@ class DockerRuntime(AttachingRuntime):
         finally:
             self._restarting = False
 
-    def _task_died(self, exc: BaseException) -> None:
-        """A task of this runtime failed unexpectedly: the sandbox is unusable, say so."""
+    def _task_died(self, exc: Exception) -> None:
+        """A task of this sandbox failed unexpectedly: the sandbox is unusable, say so."""
         self._sandbox_died(
-            f"the Docker runtime of {self.container_name} failed: {type(exc).__name__}: {exc}"
+            f"the Docker runtime of {self.container_name} failed: {describe_error(exc)}"
         )
 
     async def _remove_container(self) -> None:
