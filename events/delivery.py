@@ -12,7 +12,7 @@ runs in a host task that the stream's first ``subscribe()`` starts (never a
 constructor) and :meth:`Deliveries.aclose` ends: it lets the children finish
 what was appended before the close for up to the drain timeout, cancels the
 rest, and waits for the host. ``subscribe()`` is synchronous and needs no
-``async with`` (API.md), which is why the group needs a task of its own.
+``async with`` (docs/api.md), which is why the group needs a task of its own.
 
 Failures, loudest first:
 

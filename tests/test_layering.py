@@ -341,7 +341,7 @@ def test_the_default_base_image_is_defined_once() -> None:
     assert defined == ["openhands_rt/config.py"]
 
 
-#: Modules of one concept: past this a module holds several and is split (STYLE.md).
+#: Modules of one concept: past this a module holds several and is split.
 MAX_MODULE_LINES = 600
 
 
