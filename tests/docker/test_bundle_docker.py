@@ -152,19 +152,22 @@ async def test_the_bundle_serves_a_busybox_only_image(
         info = await container.show()
         endpoint = find_endpoint(config, info, api_key=api_key, name=name)
 
-        events: list[Event] = []
+        answers: dict[int, Event] = {}
+        arrived = {cause: anyio.Event() for cause in (1, 2, 3)}
+
+        def on_event(event: Event) -> None:
+            if isinstance(event, (CmdOutputObservation, FileReadObservation)) and event.cause:
+                answers[event.cause] = event
+                arrived[event.cause].set()
+
         client = ChannelClient(
-            endpoint.url, api_key=api_key, client_id="bundle-test", on_event=events.append
+            endpoint.url, api_key=api_key, client_id="bundle-test", on_event=on_event
         )
 
         async def answer(cause: int) -> Event:
             with anyio.fail_after(30):
-                while True:
-                    for event in events:
-                        if isinstance(event, (CmdOutputObservation, FileReadObservation)):
-                            if event.cause == cause:
-                                return event
-                    await anyio.sleep(0.02)
+                await arrived[cause].wait()
+            return answers[cause]
 
         async with client:
             await client.send(
