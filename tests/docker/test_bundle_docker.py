@@ -136,8 +136,11 @@ async def test_the_bundle_serves_a_busybox_only_image(
     busybox_image: str,
     workspace: Path,
     test_labels: dict[str, str],
+    oci_runtime: str,
 ) -> None:
-    config = SandboxConfig(runtime_container_image=busybox_image, labels=dict(test_labels))
+    config = SandboxConfig(
+        runtime_container_image=busybox_image, labels=dict(test_labels), oci_runtime=oci_runtime
+    )
     api_key = uuid.uuid4().hex
     run_dir = make_run_dir("bundle-test", api_key)
     name = f"openhands-rt-bundle-test-{uuid.uuid4().hex[:8]}"
