@@ -108,6 +108,7 @@ def create_app(settings: ServerSettings, executor: ActionExecutor | None = None)
             plugins=load_plugins(settings.plugins, init_timeout=settings.plugin_init_timeout),
             max_process_memory_mb=settings.max_process_memory_mb,
             allow_multiple_commands=settings.allow_multiple_commands,
+            bash_path=settings.bash_path,
         )
     app = web.Application(
         middlewares=[auth_middleware],

@@ -120,8 +120,10 @@ class BashSession:
         env: Mapping[str, str] | None = None,
         rlimits: Mapping[int, tuple[int, int]] | None = None,
         allow_multiple_commands: bool = False,
+        bash_path: str | None = None,
     ) -> None:
         self._working_dir = working_dir
+        self._bash_path = bash_path
         # resource.RLIMIT_* -> (soft, hard), applied to bash before it runs anything,
         # so every process the agent starts inherits them.
         self._rlimits = dict(rlimits or {})
@@ -441,6 +443,7 @@ class BashSession:
             user_id=self._user_id,
             env=self._extra_env,
             rlimits=self._rlimits,
+            bash_path=self._bash_path,
         )
         self._proc = proc
         self._master = master

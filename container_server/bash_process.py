@@ -172,7 +172,7 @@ def exit_status(returncode: int) -> int:
 
 
 def _environment(
-    cwd: str, uid: int | None, username: str | None, extra: Mapping[str, str]
+    cwd: str, uid: int | None, username: str | None, extra: Mapping[str, str], shell: str
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
     env.update(_DEFAULT_ENV)
@@ -186,7 +186,7 @@ def _environment(
             HOME=entry.pw_dir if entry else "/",
             USER=name,
             LOGNAME=name,
-            SHELL="/bin/bash",
+            SHELL=shell,
         )
     env.update(extra)
     env["PWD"] = cwd
@@ -224,11 +224,16 @@ async def spawn_bash(
     user_id: int | None,
     env: Mapping[str, str],
     rlimits: Mapping[int, tuple[int, int]],
+    bash_path: str | None = None,
 ) -> tuple[asyncio.subprocess.Process, int]:
-    """Start an interactive bash on a new PTY; returns it and the PTY's non-blocking master."""
+    """Start an interactive bash on a new PTY; returns it and the PTY's non-blocking master.
+
+    ``bash_path``: the binary to start (a runtime bundle's static bash); default:
+    ``bash`` on the PATH.
+    """
     uid = _target_uid(username, user_id)
-    environment = _environment(cwd, uid, username, env)
-    bash = shutil.which("bash", path=environment.get("PATH", os.defpath))
+    environment = _environment(cwd, uid, username, env, bash_path or "/bin/bash")
+    bash = bash_path or shutil.which("bash", path=environment.get("PATH", os.defpath))
     if bash is None:
         raise BashStartError("bash was not found on PATH")
     user_args: dict[str, object] = dict(child_credentials())

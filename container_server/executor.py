@@ -56,6 +56,7 @@ class ActionExecutor:
         chunk_interval: float = 0.05,
         max_process_memory_mb: int | None = None,
         allow_multiple_commands: bool = False,
+        bash_path: str | None = None,
     ) -> None:
         rlimits: dict[int, tuple[int, int]] = {}
         if max_process_memory_mb is not None:
@@ -70,6 +71,7 @@ class ActionExecutor:
             default_timeout=default_timeout,
             rlimits=rlimits,
             allow_multiple_commands=allow_multiple_commands,
+            bash_path=bash_path,
         )
         self.editor = FileEditor()
         self.plugins = plugins or PluginHost()

@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plugins", nargs="*", default=[], help="plugins to initialize")
     p.add_argument("--username", default=None, help="user the shell runs as (server as root)")
     p.add_argument("--user-id", type=int, default=None, help="uid the shell runs as")
+    p.add_argument("--bash", default=None, help="the shell's binary (default: bash on the PATH)")
     p.add_argument(
         "--max-processes", type=int, default=None, help="RLIMIT_NPROC for the sandbox user"
     )
@@ -134,6 +135,7 @@ async def serve(
         plugin_init_timeout=args.plugin_init_timeout,
         max_process_memory_mb=args.max_process_memory_mb,
         allow_multiple_commands=args.allow_multiple_commands,
+        bash_path=args.bash,
     )
     try:
         app = create_app(settings)
@@ -205,6 +207,14 @@ def _detach_stdin() -> None:
         os.close(fd)
 
 
+def _ensure_tmp() -> None:
+    # Images as small as busybox may have no /tmp; bash's here-documents and the
+    # agent's tools need one. Made like every distribution's: world-writable, sticky.
+    if not os.path.isdir("/tmp"):
+        os.makedirs("/tmp", exist_ok=True)
+        os.chmod("/tmp", 0o1777)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _detach_stdin()
@@ -228,11 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.username and os.geteuid() == 0:
         # Started as root in a container: prepare the sandbox user while still root.
         try:
+            _ensure_tmp()
             identity = prepare_sandbox_user(
                 args.username,
                 workspace=args.working_dir,
                 uid=args.user_id,
                 max_processes=args.max_processes,
+                shell=args.bash or "/bin/bash",
             )
         except (KeyError, OSError, ValueError) as exc:
             print(f"error: cannot switch to user {args.username!r}: {exc}", file=sys.stderr)

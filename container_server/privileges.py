@@ -39,7 +39,7 @@ import pwd
 import resource
 from dataclasses import dataclass, field
 
-from events.accounts import renumbered
+from events.accounts import first_free_id, renumbered, with_account
 
 __all__ = [
     "SandboxIdentity",
@@ -81,16 +81,60 @@ def _rewrite_ids(path: str, name: str, new_id: int, *, fields: tuple[int, ...]) 
     os.replace(tmp, path)
 
 
+def _read_or_empty(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def _write(path: str, text: str, mode: int) -> None:
+    tmp = f"{path}.openhands-rt"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _add_account(username: str, uid: int | None, shell: str) -> str:
+    """Add ``username`` to /etc/passwd and /etc/group (made when missing); a note saying so.
+
+    For images with neither the user nor ``useradd`` (busybox, distroless): the
+    uid is ``uid`` (the workspace owner's) or the first free one from 1000.
+    """
+    passwd, group = _read_or_empty("/etc/passwd"), _read_or_empty("/etc/group")
+    new_uid = uid if uid is not None else first_free_id(passwd, group)
+    home = f"/home/{username}"
+    passwd, group = with_account(passwd, group, username, new_uid, home=home, shell=shell)
+    os.makedirs("/etc", exist_ok=True)
+    _write("/etc/passwd", passwd, 0o644)
+    _write("/etc/group", group, 0o644)
+    os.makedirs(home, mode=0o700, exist_ok=True)
+    os.chown(home, new_uid, new_uid)
+    return f"the image has no user {username}: added it to /etc/passwd with uid {new_uid}"
+
+
 def prepare_sandbox_user(
-    username: str, *, workspace: str, uid: int | None = None, max_processes: int | None = None
+    username: str,
+    *,
+    workspace: str,
+    uid: int | None = None,
+    max_processes: int | None = None,
+    shell: str = "/bin/bash",
 ) -> SandboxIdentity:
     """Make ``username`` (optionally re-numbered to ``uid``) ready to be acted as.
 
-    Runs as root, before :func:`drop_privileges`. The returned identity's
+    Runs as root, before :func:`drop_privileges`. A user the image does not
+    have is added (``shell`` its login shell). The returned identity's
     ``notes`` say what was changed (reported to the host).
     """
     notes: list[str] = []
-    entry = pwd.getpwnam(username)
+    try:
+        entry = pwd.getpwnam(username)
+    except KeyError:
+        notes.append(_add_account(username, uid, shell))
+        entry = pwd.getpwnam(username)
     target_uid = entry.pw_uid if uid is None else uid
     target_gid = entry.pw_gid if uid is None else uid
     if target_uid == 0:

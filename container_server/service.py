@@ -58,6 +58,8 @@ class ServerSettings:
     allow_multiple_commands: bool = False
     max_outbox_frames: int = 10_000
     max_upload_members: int = DEFAULT_MAX_MEMBERS
+    #: The shell's binary; None: ``bash`` on the PATH (a bundle brings its own).
+    bash_path: str | None = None
 
 
 class ServerState:

@@ -22,6 +22,10 @@ uv sync --frozen --all-extras --quiet
 if [ "${OPENHANDS_RT_NO_DOCKER:-0}" != "1" ]; then
     say "checking the Docker engine"
     bash scripts/ensure-docker.sh
+    # The runtime bundle's shell (runtime_mode="mount"), and the busybox-only test image's.
+    dpkg-query -W bash-static busybox-static >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null \
+            && apt-get install -y -q --no-install-recommends bash-static busybox-static >/dev/null; }
     say "checking the base image"
     uv run --frozen openhands-rt base-image bootstrap
 fi

@@ -1,0 +1,88 @@
+"""make_bundle here: made once by concurrent makers; its interpreter runs the server's imports.
+
+Needs Debian's bash-static (scripts/setup.sh installs it). No Docker: the
+bundle's interpreter runs here through the bundle's own loader, with the
+bundle's lib/ as its only library path, as the launcher runs it in a container.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from openhands_rt.bundle import Bundle, make_bundle
+from openhands_rt.bundle.layout import MANIFEST
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Bundle], Path, float]:
+    root = tmp_path_factory.mktemp("bundles")
+    started = time.monotonic()
+    with ThreadPoolExecutor(2) as pool:
+        bundles = list(pool.map(lambda _: make_bundle(root=root), range(2)))
+    return bundles, root, time.monotonic() - started
+
+
+@pytest.mark.timeout(180)
+def test_concurrent_makers_share_one_bundle(made: tuple[list[Bundle], Path, float]) -> None:
+    bundles, root, seconds = made
+    first, second = bundles
+    assert first == second
+    assert first.path == root / first.key
+    # No temporary directory is left behind, only the bundle and its lock.
+    assert sorted(p.name for p in root.iterdir()) == [first.key, f"{first.key}.lock"]
+    assert (first.path / MANIFEST).is_file()
+    assert make_bundle(root=root) == first  # found, not made again
+    print(f"bundle made in {seconds:.2f} s")
+
+
+@pytest.mark.timeout(180)
+def test_the_bundle_holds_its_interpreter_libraries_and_shell(
+    made: tuple[list[Bundle], Path, float],
+) -> None:
+    bundle = made[0][0]
+    lib = bundle.path / "lib"
+    for name in ("ld-linux-x86-64.so.2", "libc.so.6", "libssl.so.3"):
+        assert (lib / name).is_file()
+        assert not (lib / name).is_symlink()
+    assert any(lib.glob("libpython3*.so*"))
+    stdlib = lib / f"python{bundle.manifest.python_version}"
+    assert (stdlib / "asyncio" / "__init__.py").is_file()
+    assert any((stdlib / "__pycache__").glob("os.*.pyc"))
+    for pruned in ("test", "idlelib", "tkinter", "ensurepip", "lib2to3", "site-packages"):
+        assert not (stdlib / pruned).exists()
+    site = bundle.path / "site"
+    assert any((site / "container_server" / "__pycache__").glob("main.*.pyc"))
+    assert (site / "aiohttp").is_dir()
+    assert not (site / "websockets").exists()  # host-only
+    assert not (site / "openhands_rt").exists()
+    for path in (bundle.path, site, bundle.path / "bin" / "bash"):
+        assert path.stat().st_mode & stat.S_IROTH
+    assert os.access(bundle.path / "bin" / "bash", os.X_OK)
+
+
+@pytest.mark.timeout(120)
+def test_the_interpreter_runs_through_its_own_loader(
+    made: tuple[list[Bundle], Path, float],
+) -> None:
+    bundle = made[0][0]
+    command = bundle.python_command(mount=str(bundle.path))
+    code = (
+        f"import sys; sys.path[:0] = [{str(bundle.path / 'site')!r}]; "
+        "import ssl, sqlite3, ctypes, container_server.main, aiohttp, msgspec; "
+        "print(sys.prefix); print(container_server.main.__file__); print(sys.flags.isolated)"
+    )
+    done = subprocess.run(
+        [*command, "-c", code], capture_output=True, text=True, check=False, env={}, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    prefix, main_file, isolated = done.stdout.split()
+    assert prefix == str(bundle.path)
+    assert main_file.startswith(str(bundle.path / "site"))
+    assert isolated == "1"
