@@ -19,13 +19,15 @@ export PATH="$HOME/.local/bin:$PATH"
 say "installing the project environment (uv sync --frozen)"
 uv sync --frozen --all-extras --quiet
 
+# The runtime bundle's static shell (runtime_mode="mount"), and the busybox-only test image's.
+if ! dpkg-query -W bash-static busybox-static >/dev/null 2>&1; then
+    say "installing bash-static and busybox-static"
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends bash-static busybox-static >/dev/null
+fi
 if [ "${OPENHANDS_RT_NO_DOCKER:-0}" != "1" ]; then
     say "checking the Docker engine"
     bash scripts/ensure-docker.sh
-    # The runtime bundle's shell (runtime_mode="mount"), and the busybox-only test image's.
-    dpkg-query -W bash-static busybox-static >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null \
-            && apt-get install -y -q --no-install-recommends bash-static busybox-static >/dev/null; }
     say "checking the base image"
     uv run --frozen openhands-rt base-image bootstrap
 fi
