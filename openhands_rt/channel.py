@@ -17,6 +17,7 @@ reported.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -314,6 +315,7 @@ class ChannelClient:
             pass  # the reader notices, reconnects and resends everything pending
 
 
+@functools.cache
 def _settle_allocator() -> None:
     """Let glibc's malloc serve asyncio's 256 KiB socket reads from the heap.
 
@@ -321,7 +323,8 @@ def _settle_allocator() -> None:
     asyncio shrinks to what arrived; until the process has freed one larger
     mmap'ed block, malloc serves each with an mmap, an mremap and a munmap
     (~40 us per frame, measured with ``strace -c``). Allocating and freeing
-    one 1 MiB block raises that threshold as a busier process would have.
+    one 1 MiB block raises that threshold as a busier process would have;
+    once per process is enough.
     """
     block = bytearray(1 << 20)
     del block
