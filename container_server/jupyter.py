@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from typing import Final, assert_never
 
@@ -46,6 +45,7 @@ import zmq
 import zmq.asyncio
 
 from container_server.chunks import ChunkCoalescer
+from container_server.interpreter import python_command
 from container_server.jupyter_kernel import (
     KERNEL_SETUP_VARIABLE,
     Exited,
@@ -108,14 +108,19 @@ class JupyterPlugin(Plugin):
     def __init__(
         self,
         *,
-        python: str | None = None,
+        python: str | Sequence[str] | None = None,
         default_timeout: float = 120.0,
         interrupt_grace: float = 5.0,
         start_timeout: float = 30.0,
         chunk_interval: float = 0.05,
         max_output_chars: int = 30_000,
     ) -> None:
-        self.python_interpreter_path = python or sys.executable
+        # The argv prefix that starts the kernel's interpreter (the server's own by default).
+        if python is None:
+            self._python = python_command()
+        else:
+            self._python = [python] if isinstance(python, str) else list(python)
+        self.python_interpreter_path = self._python[-1]
         self._default_timeout = default_timeout
         self._interrupt_grace = interrupt_grace
         self._start_timeout = start_timeout
@@ -157,7 +162,7 @@ class JupyterPlugin(Plugin):
         try:
             with anyio.fail_after(self._start_timeout):
                 kernel = await Kernel.start(
-                    python=self.python_interpreter_path,
+                    python=self._python,
                     cwd=cwd,
                     context=self._context,
                     setup_code=self._setup_code,

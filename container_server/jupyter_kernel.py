@@ -39,7 +39,7 @@ import secrets
 import shutil
 import signal
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, TypeVar
 
 import anyio
@@ -191,7 +191,7 @@ class Kernel:
     async def start(
         cls,
         *,
-        python: str,
+        python: Sequence[str],
         cwd: str,
         context: zmq.asyncio.Context,
         setup_code: str = "",
@@ -216,7 +216,7 @@ class Kernel:
             )
             try:
                 process = await asyncio.create_subprocess_exec(
-                    python,
+                    *python,
                     "-c",
                     _BOOTSTRAP,
                     "-f",
@@ -233,7 +233,7 @@ class Kernel:
                     **child_credentials(),  # type: ignore[arg-type]
                 )
             except OSError as exc:
-                raise KernelStartError(f"cannot run {python} in {cwd}: {exc}") from exc
+                raise KernelStartError(f"cannot run {python[0]} in {cwd}: {exc}") from exc
             finally:
                 os.close(log_fd)
         except BaseException:

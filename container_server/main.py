@@ -32,6 +32,7 @@ import anyio
 from aiohttp import web
 
 from container_server.app import DEFAULT_MAX_FRAME_BYTES, STATE, ServerSettings, create_app
+from container_server.interpreter import parse_python_command, use_python_command
 from container_server.plugin_registry import PluginLoadError
 from container_server.privileges import drop_privileges, prepare_sandbox_user
 from container_server.seccomp import install_filter
@@ -57,6 +58,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--username", default=None, help="user the shell runs as (server as root)")
     p.add_argument("--user-id", type=int, default=None, help="uid the shell runs as")
     p.add_argument("--bash", default=None, help="the shell's binary (default: bash on the PATH)")
+    p.add_argument(
+        "--python-command",
+        type=parse_python_command,
+        default=None,
+        help="JSON argv that starts an interpreter like this one, for plugins' kernels "
+        "(default: this interpreter's executable)",
+    )
     p.add_argument(
         "--max-processes", type=int, default=None, help="RLIMIT_NPROC for the sandbox user"
     )
@@ -232,6 +240,8 @@ def settle_allocator() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settle_allocator()
+    if args.python_command:
+        use_python_command(args.python_command)
     _detach_stdin()
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -69,6 +69,8 @@ def sandbox_config(args: argparse.Namespace, **overrides: object) -> SandboxConf
     }
     if getattr(args, "image", None):
         kwargs["runtime_container_image"] = args.image
+    if getattr(args, "runtime_mode", None):
+        kwargs["runtime_mode"] = args.runtime_mode
     kwargs.update(overrides)
     return SandboxConfig(**kwargs)  # type: ignore[arg-type]
 
@@ -301,9 +303,30 @@ def _labels(pairs: list[str] | None) -> dict[str, str]:
 def _sandbox_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-image", default=_BASE_IMAGE, help="base image to build on")
     p.add_argument("--image", default=None, help="use this runtime image as is (no build)")
+    _mode_options(p)
     p.add_argument("--workspace", default=None, help="host directory mounted at /workspace")
     p.add_argument("--local", action="store_true", help="no container: run the server locally")
     _plugins_option(p)
+
+
+def _mode_options(p: argparse.ArgumentParser) -> None:
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--no-build",
+        dest="runtime_mode",
+        action="store_const",
+        const="mount",
+        default=None,
+        help="no build: any Linux image (--image, else --base-image) as it is, with the "
+        "runtime bundle mounted read-only",
+    )
+    mode.add_argument(
+        "--build",
+        dest="runtime_mode",
+        action="store_const",
+        const="build",
+        help="build (or find) the runtime image for the base image",
+    )
 
 
 def _plugins_option(p: argparse.ArgumentParser) -> None:
@@ -394,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--base-image", default=None, help=f"base image ({_BASE_IMAGE})")
     where.add_argument("--local", action="store_true", help="no container (no isolation)")
     p.add_argument("--image", default=None, help="use this runtime image as is (no build)")
+    _mode_options(p)
     p.add_argument("--workspace", default=None, help="host directory mounted at /workspace")
     p.add_argument(
         "--until", type=int, default=None, metavar="EVENT_ID", help="stop after this event id"

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from openhands_rt.plugins import PluginRequirement
 
-__all__ = ["DEFAULT_BASE_IMAGE", "SandboxConfig", "check_workspace_dir", "cli_base_image"]
+__all__ = [
+    "DEFAULT_BASE_IMAGE",
+    "RUNTIME_MODES",
+    "SandboxConfig",
+    "check_workspace_dir",
+    "cli_base_image",
+]
 
 #: The one default base image: made offline by ``openhands-rt base-image bootstrap``.
 DEFAULT_BASE_IMAGE = "openhands-rt/base:bookworm"
@@ -22,6 +28,9 @@ def cli_base_image() -> str:
 
 
 _NETWORKS = ("bridge", "none")
+#: ``build``: the three-tag runtime image; ``mount``: the image as it is, with the
+#: runtime bundle mounted read-only (:mod:`openhands_rt.bundle`).
+RUNTIME_MODES = ("build", "mount")
 
 
 @dataclass(kw_only=True)
@@ -60,12 +69,18 @@ class SandboxConfig:
     # OpenHands refuses several top-level commands in one CmdRunAction (an ErrorObservation
     # "Cannot execute multiple commands at once"); True runs them all, one after the other.
     allow_multiple_commands: bool = False
+    # "build": the runtime image built from base_container_image (or runtime_container_image);
+    # "mount": no build, the image (runtime_container_image, else base_container_image) as it
+    # is, with the runtime bundle mounted read-only.
+    runtime_mode: str = "build"
 
     def __post_init__(self) -> None:
         for name in ("timeout", "no_change_timeout", "startup_timeout"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"SandboxConfig.{name} must be a positive number of seconds")
+        if self.runtime_mode not in RUNTIME_MODES:
+            raise ValueError(f"SandboxConfig.runtime_mode must be one of {RUNTIME_MODES}")
         if self.network not in _NETWORKS:
             raise ValueError(f"SandboxConfig.network must be one of {_NETWORKS}")
         if self.cpus is not None and self.cpus <= 0:

@@ -137,12 +137,14 @@ def _holds_data(path: str) -> bool:
 
 
 def _config(args: argparse.Namespace) -> SandboxConfig:
+    mode = getattr(args, "runtime_mode", None)
     return SandboxConfig(
         base_container_image=args.base_image or cli_base_image(),
         runtime_container_image=getattr(args, "image", None) or None,
         workspace_dir=args.workspace,
         # The plugins the session was recorded with (e.g. jupyter for its IPython cells).
         plugins=plugin_requirements(getattr(args, "plugins", None)),
+        **({"runtime_mode": mode} if mode else {}),
     )
 
 

@@ -7,14 +7,22 @@ container made from any Linux image::
     bin/bash               a static bash (Debian's bash-static): the session's shell
     lib/                   the dynamic loader, libpython and every library they need
     lib/python3.X/         the standard library, pruned, with its bytecode
-    site/                  events, container_server and their dependencies, compiled
+    lib/python3.X/site-packages/
+                           events, container_server and their dependencies (and the
+                           plugins' requirements), compiled
     bundle.json            the manifest (:class:`Manifest`), written last
 
 The server runs through the bundle's own loader with ``--library-path`` (the
 image's libc, if any, plays no part; and that path reaches no child process:
 the agent's commands use the image's binaries). ``-I`` keeps it isolated (no
 environment variable, no working directory, no user site on its path) and
-``-S`` skips ``site``; the launcher's ``-c`` puts ``site/`` on the path.
+``-S`` skips ``site``; the launcher's ``-c`` puts ``site-packages`` on the path.
+
+A plugin's own interpreter (the IPython kernel) runs the agent's code, so it is
+started by :func:`python_command` without ``-I -S``: the interpreter then finds
+its prefix (the bundle) from its own path and ``site`` adds ``site-packages``,
+as a virtual environment's interpreter would. The server learns that command
+from its ``--python-command`` flag (JSON), which :func:`server_command` passes.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ __all__ = [
 #: Where the bundle is mounted in the sandbox (read-only).
 BUNDLE_MOUNT = "/.openhands-rt"
 #: Raised when the layout changes, so old bundles are never reused for a new layout.
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
 MANIFEST = "bundle.json"
 
 #: Standard library parts the server never imports.
@@ -79,7 +87,7 @@ class BundleInputs:
     python_version: str
     distributions: tuple[str, ...]
     bash_sha256: str
-    jupyter: bool = False
+    requirements: tuple[str, ...] = ()
 
 
 def bundle_key(inputs: BundleInputs) -> str:
@@ -99,10 +107,12 @@ class Manifest:
     loader: str
     bash: str
     python_version: str
+    site: str
     distributions: list[str] = field(default_factory=list)
     #: Extension modules left out because a library they need is not on the host.
     dropped: list[str] = field(default_factory=list)
-    jupyter: bool = False
+    #: The extra requirements (the plugins') it was made with.
+    requirements: list[str] = field(default_factory=list)
     format: int = BUNDLE_FORMAT
 
     def to_json(self) -> str:
@@ -142,40 +152,52 @@ def keeps_extension(name: str) -> bool:
     return not name.startswith(_PRUNED_EXTENSIONS)
 
 
-def _bootstrap(mount: str) -> str:
+def _bootstrap(site: str) -> str:
     # -I ignores PYTHONPATH and -S skips site: the path is set here, from the bundle only.
     return (
-        f"import sys; sys.path[:0] = [{mount + '/site'!r}]; import runpy; "
+        f"import sys; sys.path[:0] = [{site!r}]; import runpy; "
         "runpy.run_module('container_server', run_name='__main__', alter_sys=True)"
     )
+
+
+def _root(mount: str) -> str:
+    if not mount.startswith("/") or "'" in mount or "\\" in mount:
+        raise BundleError(f"the bundle's mount point must be a plain absolute path: {mount!r}")
+    return mount.rstrip("/")
 
 
 def server_command(manifest: Manifest, *, mount: str = BUNDLE_MOUNT) -> list[str]:
     """The argv that starts the server from the bundle mounted at ``mount``.
 
     The server's own flags follow it (``--working-dir``, ``--username`` …);
-    ``--bash`` already names the bundle's shell.
+    ``--bash`` already names the bundle's shell and ``--python-command`` the
+    plugins' interpreter.
     """
-    if not mount.startswith("/") or "'" in mount or "\\" in mount:
-        raise BundleError(f"the bundle's mount point must be a plain absolute path: {mount!r}")
-    root = mount.rstrip("/")
+    root = _root(mount)
     return [
-        *python_command(manifest, mount=root),
+        *python_command(manifest, mount=root, isolated=True),
         "-c",
-        _bootstrap(root),
+        _bootstrap(f"{root}/{manifest.site}"),
         "--bash",
         f"{root}/{manifest.bash}",
+        "--python-command",
+        json.dumps(python_command(manifest, mount=root)),
     ]
 
 
-def python_command(manifest: Manifest, *, mount: str = BUNDLE_MOUNT) -> list[str]:
-    """The argv prefix that runs the bundle's interpreter (isolated, no ``site``)."""
-    root = mount.rstrip("/")
+def python_command(
+    manifest: Manifest, *, mount: str = BUNDLE_MOUNT, isolated: bool = False
+) -> list[str]:
+    """The argv prefix that runs the bundle's interpreter, mounted at ``mount``.
+
+    ``isolated``: ``-I -S``, the server's (see the module docstring); otherwise
+    the interpreter a plugin starts for the agent's code, with ``site``.
+    """
+    root = _root(mount)
     return [
         f"{root}/{manifest.loader}",
         "--library-path",
         f"{root}/lib",
         f"{root}/{manifest.python}",
-        "-I",
-        "-S",
+        *(["-I", "-S"] if isolated else []),
     ]

@@ -51,14 +51,22 @@ from openhands_rt.bundle.requirements import (
 )
 from openhands_rt.image.cache import cache_dir
 from openhands_rt.image.project import (
+    PluginLike,
     ProjectFiles,
-    extra_requirements,
     find_project,
     image_requirements,
+    plugin_requirements,
+    requirement_name,
 )
 from openhands_rt.image.tags import dir_hash, source_files
 
-__all__ = ["BASH_STATIC_CANDIDATES", "Bundle", "find_static_bash", "make_bundle"]
+__all__ = [
+    "BASH_STATIC_CANDIDATES",
+    "Bundle",
+    "find_static_bash",
+    "make_bundle",
+    "plugin_bundle_requirements",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +91,13 @@ class Bundle:
         """The argv that starts the server from this bundle mounted at ``mount``."""
         return server_command(self.manifest, mount=mount)
 
-    def python_command(self, *, mount: str = BUNDLE_MOUNT) -> list[str]:
+    def shell(self, *, mount: str = BUNDLE_MOUNT) -> str:
+        """The static bash's path in the sandbox, the bundle mounted at ``mount``."""
+        return f"{mount.rstrip('/')}/{self.manifest.bash}"
+
+    def python_command(self, *, mount: str = BUNDLE_MOUNT, isolated: bool = False) -> list[str]:
         """The argv prefix that runs this bundle's interpreter mounted at ``mount``."""
-        return python_command(self.manifest, mount=mount)
+        return python_command(self.manifest, mount=mount, isolated=isolated)
 
 
 def find_static_bash() -> Path:
@@ -99,17 +111,42 @@ def find_static_bash() -> Path:
     )
 
 
+def plugin_bundle_requirements(
+    plugins: Sequence[str | PluginLike], project: ProjectFiles | None = None
+) -> list[str]:
+    """What ``plugins`` add to a bundle: their requirements' project names, sorted.
+
+    A build installs a plugin's requirements into the image; a bundle copies
+    them from this host's environment, where they must be installed (a
+    direct reference, ``name @ url``, names its project: the installed copy
+    is the one bundled).
+    """
+    project = project or find_project()
+    names: set[str] = set()
+    for requirements in plugin_requirements(plugins, project.pyproject).values():
+        for requirement in requirements:
+            try:
+                names.add(requirement_name(requirement))
+            except ValueError as exc:
+                raise BundleError(
+                    f"the plugin requirement {requirement!r} names no project: install it "
+                    "on this host and name it, or use runtime_mode='build'"
+                ) from exc
+    return sorted(names)
+
+
 def make_bundle(
     *,
-    jupyter: bool = False,
+    requirements: Sequence[str] = (),
     bash: Path | None = None,
     project: ProjectFiles | None = None,
     root: Path | None = None,
 ) -> Bundle:
     """The bundle for this interpreter and source tree, made when missing (see the module doc).
 
-    ``jupyter``: also bundle the Jupyter plugin's dependencies (the ``jupyter``
-    extra); ``bash``: the static bash (default: :func:`find_static_bash`);
+    ``requirements``: more to bundle than the server's own requirements (the
+    plugins', :func:`plugin_bundle_requirements`), each installed on this host;
+    ``bash``: the static bash (default: :func:`find_static_bash`);
     ``project``: our source checkout (default: :func:`find_project`);
     ``root``: where bundles live (default: ``cache_dir("bundles")``).
     """
@@ -117,8 +154,8 @@ def make_bundle(
     bash = bash or find_static_bash()
     root = root or cache_dir("bundles")
     roots = image_requirements(project.pyproject)
-    if jupyter:
-        roots += extra_requirements(project.pyproject, "jupyter")
+    extra = tuple(sorted(set(requirements)))
+    roots += list(extra)
     distributions = closure(roots, installed, current_environment())
     python = Path(sys.executable).resolve()
     inputs = BundleInputs(
@@ -127,7 +164,7 @@ def make_bundle(
         python_version=sys.version,
         distributions=tuple(f"{d.name}=={d.version}" for d in distributions),
         bash_sha256=hashlib.sha256(bash.read_bytes()).hexdigest(),
-        jupyter=jupyter,
+        requirements=extra,
     )
     key = bundle_key(inputs)
     final = root / key
@@ -141,7 +178,7 @@ def make_bundle(
             return existing
         work = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=root))
         try:
-            manifest = _build(work, key, python, bash, distributions, project, jupyter=jupyter)
+            manifest = _build(work, key, python, bash, distributions, project, requirements=extra)
             try:
                 os.rename(work, final)
             except OSError as exc:
@@ -183,7 +220,7 @@ def _build(
     distributions: Sequence[Distribution],
     project: ProjectFiles,
     *,
-    jupyter: bool,
+    requirements: Sequence[str],
 ) -> Manifest:
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     (work / "bin").mkdir()
@@ -192,15 +229,16 @@ def _build(
     shutil.copy2(bash, work / "bin" / "bash")
     stdlib = work / "lib" / f"python{version}"
     _copy_stdlib(Path(sysconfig.get_path("stdlib")), stdlib)
-    site = work / "site"
+    site = stdlib / "site-packages"
     for distribution in distributions:
         for relative, source in distribution_files(distribution.name):
             _copy(source, site / relative)
     for file in source_files(project.source_dirs):
         _copy(file.path, site / file.relative)
     # The bundle is read-only where it runs: bytecode is made here or never.
+    site_path = site.relative_to(work).as_posix()
     compiled = compileall.compile_dir(
-        site, quiet=2, ddir=f"{BUNDLE_MOUNT}/site", workers=1
+        site, quiet=2, ddir=f"{BUNDLE_MOUNT}/{site_path}", workers=1
     ) and compileall.compile_dir(stdlib, quiet=2, workers=1)
     if not compiled:
         raise BundleError("byte-compiling the bundle failed (a syntax error in a copied file?)")
@@ -212,9 +250,10 @@ def _build(
         loader=f"lib/{loader}",
         bash="bin/bash",
         python_version=version,
+        site=site_path,
         distributions=[f"{d.name}=={d.version}" for d in distributions],
         dropped=dropped,
-        jupyter=jupyter,
+        requirements=list(requirements),
     )
     (work / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
     return manifest

@@ -47,8 +47,9 @@ import aiodocker
 import anyio
 
 from events import EventStream, RuntimeStatus
+from openhands_rt.bundle import Bundle
 from openhands_rt.config import SandboxConfig
-from openhands_rt.docker import lifecycle, rundir, spec
+from openhands_rt.docker import lifecycle, mount, rundir, spec
 from openhands_rt.docker.attach import AttachingRuntime
 from openhands_rt.docker.engine import (
     Conflict,
@@ -96,6 +97,7 @@ class DockerRuntime(AttachingRuntime):
         self._owns_docker = docker is None
         self.container: Any = None  # aiodocker DockerContainer
         self.image: str | None = None
+        self._bundle: Bundle | None = None  # mount mode: the runtime bundle mounted
         self.attached = False
         self.auto_restart = self.config.auto_restart if auto_restart is None else auto_restart
         self.restarts = 0  # how many times auto_restart brought the container back
@@ -156,9 +158,17 @@ class DockerRuntime(AttachingRuntime):
             raise SandboxError(f"cannot reach the Docker engine: {exc}") from exc
 
     async def _resolve_image(self) -> str:
+        """The image to make the container from; in mount mode, the bundle too."""
+
         def report(message: str) -> None:
             self.report_status(RuntimeStatus.BUILDING, message)
 
+        if self.config.runtime_mode == "mount":
+            image = mount.mounted_image(self.config)
+            await mount.check_image(self._client(), image)
+            self._bundle = await mount.runtime_bundle(self.config, report=report)
+            return image
+        self._bundle = None
         return await lifecycle.resolve_image(self._client(), self.config, report=report)
 
     async def _writable_places(self, image: str, owner_uid: int | None) -> spec.WritablePlaces:
@@ -168,8 +178,14 @@ class DockerRuntime(AttachingRuntime):
         passwd, group = await lifecycle.image_files(
             self._client(), image, ("/etc/passwd", "/etc/group"), labels=labels
         )
+        shell = self._bundle.shell() if self._bundle is not None else None
         places = spec.writable_places(
-            self.config, image=image, passwd=passwd, group=group, owner_uid=owner_uid
+            self.config,
+            image=image,
+            passwd=passwd,
+            group=group,
+            owner_uid=owner_uid,
+            shell=shell,
         )
         if places.etc_files:
             self._etc_dir = await anyio.to_thread.run_sync(
@@ -205,6 +221,7 @@ class DockerRuntime(AttachingRuntime):
                 workspace=workspace,
                 owner_uid=owner_uid,
                 writable=writable,
+                bundle=self._bundle,
             )
             self.report_status(
                 RuntimeStatus.STARTING, f"creating {self.container_name} from {image}"

@@ -33,8 +33,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from events.accounts import renumbered
+from events.accounts import first_free_id, renumbered, with_account
 from events.wire import CHANNEL_PATH
+from openhands_rt.bundle import BUNDLE_MOUNT, Bundle
 from openhands_rt.config import SandboxConfig, check_workspace_dir
 from openhands_rt.docker.rundir import (
     HOST_DIR_IN_CONTAINER,
@@ -139,24 +140,52 @@ def tmpfs_size_mb(config: SandboxConfig, default_mb: int) -> int:
     return min(default_mb, max(_TMPFS_MIN_MB, config.memory_mb // 4))
 
 
+def _passwd_entry(passwd: str, username: str) -> list[str] | None:
+    for fields in (line.split(":") for line in passwd.splitlines()):
+        if fields[0] == username and len(fields) >= 6:
+            return fields
+    return None
+
+
+def _has_group(group: str, name: str) -> bool:
+    return any(line.split(":")[0] == name for line in group.splitlines())
+
+
 def writable_places(
-    config: SandboxConfig, *, image: str, passwd: str, group: str, owner_uid: int | None
+    config: SandboxConfig,
+    *,
+    image: str,
+    passwd: str,
+    group: str,
+    owner_uid: int | None,
+    shell: str | None = None,
 ) -> WritablePlaces:
     """Mounts that keep a read-only-root sandbox usable (see the module docstring).
 
-    ``passwd`` and ``group``: the image's /etc files; ``owner_uid``: the
-    workspace owner's uid (:func:`workspace_owner`).
+    ``passwd`` and ``group``: the image's /etc files ("" when missing);
+    ``owner_uid``: the workspace owner's uid (:func:`workspace_owner`).
+    ``shell``: for an image used as it is (mount mode), which may lack the
+    user: its login shell in the entry made for it (with the workspace
+    owner's uid, else the first free one, as the server would add it); None:
+    a missing user is an error (a runtime image always has it).
     """
     wanted_uid = user_id_flag(config, owner_uid)
     username = "root" if config.run_as_root else SANDBOX_USER
-    entry = next(
-        (f for f in (line.split(":") for line in passwd.splitlines()) if f[0] == username),
-        None,
-    )
-    if entry is None or len(entry) < 6:
+    places = WritablePlaces()
+    entry = _passwd_entry(passwd, username)
+    if entry is None and shell is not None:
+        if config.run_as_root:
+            passwd = f"root:x:0:0:root:/root:{shell}\n" + passwd
+            group = group if _has_group(group, "root") else "root:x:0:\n" + group
+        else:
+            uid = wanted_uid if wanted_uid is not None else first_free_id(passwd, group)
+            home = f"/home/{username}"
+            passwd, group = with_account(passwd, group, username, uid, home=home, shell=shell)
+        places.etc_files = {"passwd": passwd, "group": group}
+        entry = _passwd_entry(passwd, username)
+    if entry is None:
         raise SandboxError(f"image {image} has no user {username!r} in /etc/passwd")
     uid, gid, home = int(entry[2]), int(entry[3]), entry[5]
-    places = WritablePlaces()
     if wanted_uid is not None and wanted_uid != uid:
         # privileges.become_user would rewrite these in place; here it finds them
         # already right (uid and gid = the workspace owner, as it would make them).
@@ -189,10 +218,16 @@ def container_config(
     workspace: str | None,
     owner_uid: int | None,
     writable: WritablePlaces | None = None,
+    bundle: Bundle | None = None,
 ) -> dict[str, Any]:
-    """The body of Docker's create request for this session's sandbox."""
+    """The body of Docker's create request for this session's sandbox.
+
+    ``bundle``: mount mode, ``image`` used as it is; the server starts from
+    the bundle, mounted read-only at :data:`~openhands_rt.bundle.BUNDLE_MOUNT`.
+    """
     cfg = config
-    cmd = [*SERVER_COMMAND, "--working-dir", "/workspace"]
+    server = SERVER_COMMAND if bundle is None else bundle.server_command()
+    cmd = [*server, "--working-dir", "/workspace"]
     cmd += ["--api-key-file", f"{HOST_DIR_IN_CONTAINER}/{KEY_FILE}"]
     cmd += ["--no-change-timeout", str(cfg.no_change_timeout)]
     if cfg.allow_multiple_commands:
@@ -213,6 +248,8 @@ def container_config(
     if workspace is not None:
         binds.append(f"{workspace}:/workspace:rw")
     binds.append(f"{run_dir}:{HOST_DIR_IN_CONTAINER}:rw")
+    if bundle is not None:
+        binds.append(f"{bundle.path}:{BUNDLE_MOUNT}:ro")
     host_config: dict[str, Any] = {
         "Init": True,
         "NetworkMode": cfg.network,

@@ -88,7 +88,7 @@ async def test_kernel_owns_its_tasks_and_closing_leaves_none(tmp_path: Path) -> 
     context = zmq.asyncio.Context()
     try:
         with anyio.fail_after(30):
-            kernel = await Kernel.start(python=sys.executable, cwd=str(tmp_path), context=context)
+            kernel = await Kernel.start(python=[sys.executable], cwd=str(tmp_path), context=context)
         # The host task and, in its task group, the two readers and the exit watcher.
         assert kernel_task_names() == ["exit", "iopub", "kernel", "shell"]
         ended_while_running = kernel.ended
@@ -153,7 +153,7 @@ async def test_cancelled_start_leaves_nothing(tmp_path: Path) -> None:
     context = zmq.asyncio.Context()
     try:
         with anyio.move_on_after(0.5) as scope:
-            await Kernel.start(python=python, cwd=str(tmp_path), context=context)
+            await Kernel.start(python=[python], cwd=str(tmp_path), context=context)
         assert scope.cancelled_caught
     finally:
         context.destroy(linger=0)

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 import aiodocker
 import pytest
 from aiodocker.exceptions import DockerError
-from support import OCI_RUNTIMES, ConfigFactory
+from support import OCI_RUNTIMES, RUNTIME_MODES, ConfigFactory
 
 from events import EventStream
 from openhands_rt import SandboxConfig
@@ -70,17 +70,30 @@ def runtime_image(base_image: str, test_repository: str, test_labels: dict[str, 
     return result.image
 
 
+@pytest.fixture(params=RUNTIME_MODES)
+def runtime_mode(request: pytest.FixtureRequest) -> str:
+    """Each way of making a sandbox: the built runtime image, and the base image as it is
+    with the runtime bundle mounted (``runtime_mode="mount"``)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def make_config(runtime_image: str, test_labels: dict[str, str]) -> ConfigFactory:
-    """SandboxConfig factory: the test runtime image, the run's labels, short timeouts."""
+def make_config(
+    runtime_image: str, base_image: str, runtime_mode: str, test_labels: dict[str, str]
+) -> ConfigFactory:
+    """SandboxConfig factory, in each runtime mode: the test runtime image (build) or the
+    base image as it is (mount), the run's labels, short timeouts."""
 
     def make(**overrides: object) -> SandboxConfig:
         kwargs: dict[str, object] = {
-            "runtime_container_image": runtime_image,
             "labels": dict(test_labels),
             "no_change_timeout": 5.0,
             "timeout": 60.0,
         }
+        if runtime_mode == "mount":
+            kwargs.update(runtime_mode="mount", base_container_image=base_image)
+        else:
+            kwargs["runtime_container_image"] = runtime_image
         kwargs.update(overrides)
         return SandboxConfig(**kwargs)  # type: ignore[arg-type]
 

@@ -16,6 +16,7 @@ from openhands_rt.docker_client import open_docker
 
 __all__ = [
     "OCI_RUNTIMES",
+    "RUNTIME_MODES",
     "ConfigFactory",
     "container_exists",
     "engine_runtimes",
@@ -46,6 +47,10 @@ def engine_runtimes() -> set[str]:
 OCI_RUNTIMES = (
     ["runc", "runsc"] if os.environ.get("CI") or "runsc" in engine_runtimes() else ["runc"]
 )
+
+
+# Every sandbox test runs in both: the built runtime image, and the base image as it is.
+RUNTIME_MODES = ["build", "mount"]
 
 
 def session_id() -> str:

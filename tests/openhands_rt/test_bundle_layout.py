@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from hypothesis import given
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from openhands_rt.bundle import BundleError, Manifest, server_command
 from openhands_rt.bundle.elf import Needed, parse_ldd
 from openhands_rt.bundle.layout import (
+    BUNDLE_FORMAT,
     BUNDLE_MOUNT,
     BundleInputs,
     bundle_key,
@@ -33,6 +35,7 @@ MANIFEST = Manifest(
     loader="lib/ld-linux-x86-64.so.2",
     bash="bin/bash",
     python_version="3.11",
+    site="lib/python3.11/site-packages",
 )
 
 
@@ -50,7 +53,7 @@ def test_the_key_is_stable_and_short() -> None:
         {"python_version": "3.11.8 (main)"},
         {"distributions": ("aiohttp==3.14.6", "msgspec==0.22.0")},
         {"bash_sha256": "c" * 64},
-        {"jupyter": True},
+        {"requirements": ("ipykernel", "jupyter-client")},
     ],
 )
 def test_every_input_changes_the_key(change: dict[str, object]) -> None:
@@ -99,17 +102,21 @@ def test_the_launcher_runs_the_server_through_the_bundles_loader_isolated() -> N
         f"{BUNDLE_MOUNT}/bin/python3",
     ]
     assert argv[4:7] == ["-I", "-S", "-c"]
-    assert f"sys.path[:0] = ['{BUNDLE_MOUNT}/site']" in argv[7]
+    assert f"sys.path[:0] = ['{BUNDLE_MOUNT}/lib/python3.11/site-packages']" in argv[7]
     assert "run_module('container_server'" in argv[7]
-    assert argv[8:] == ["--bash", f"{BUNDLE_MOUNT}/bin/bash"]
-    assert python_command(MANIFEST) == argv[:6]
+    assert argv[8:10] == ["--bash", f"{BUNDLE_MOUNT}/bin/bash"]
+    assert python_command(MANIFEST, isolated=True) == argv[:6]
+    # The plugins' interpreter: the same, with site (it finds the bundle as its prefix).
+    assert argv[10] == "--python-command"
+    assert json.loads(argv[11]) == python_command(MANIFEST) == argv[:4]
     compile(argv[7], "<bootstrap>", "exec")
 
 
 def test_the_launcher_follows_the_mount_point() -> None:
     argv = server_command(MANIFEST, mount="/b/")
     assert argv[0] == "/b/lib/ld-linux-x86-64.so.2"
-    assert argv[-1] == "/b/bin/bash"
+    assert argv[9] == "/b/bin/bash"
+    assert json.loads(argv[-1])[-1] == "/b/bin/python3"
     for bad in ("relative", "/it's", "/a\\b"):
         with pytest.raises(BundleError):
             server_command(MANIFEST, mount=bad)
@@ -118,8 +125,8 @@ def test_the_launcher_follows_the_mount_point() -> None:
 def test_the_manifest_round_trips_and_refuses_other_formats() -> None:
     assert Manifest.from_json(MANIFEST.to_json()) == MANIFEST
     with pytest.raises(BundleError):
-        Manifest.from_json(MANIFEST.to_json().replace('"format": 1', '"format": 99'))
-    for text in ("", "[]", '{"format": 1, "surprise": 2}'):
+        Manifest.from_json(MANIFEST.to_json().replace(f'"format": {BUNDLE_FORMAT}', '"format": 99'))
+    for text in ("", "[]", f'{{"format": {BUNDLE_FORMAT}, "surprise": 2}}'):
         with pytest.raises(BundleError):
             Manifest.from_json(text)
 

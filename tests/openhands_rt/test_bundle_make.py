@@ -55,9 +55,10 @@ def test_the_bundle_holds_its_interpreter_libraries_and_shell(
     stdlib = lib / f"python{bundle.manifest.python_version}"
     assert (stdlib / "asyncio" / "__init__.py").is_file()
     assert any((stdlib / "__pycache__").glob("os.*.pyc"))
-    for pruned in ("test", "idlelib", "tkinter", "ensurepip", "lib2to3", "site-packages"):
+    for pruned in ("test", "idlelib", "tkinter", "ensurepip", "lib2to3"):
         assert not (stdlib / pruned).exists()
-    site = bundle.path / "site"
+    site = bundle.path / bundle.manifest.site
+    assert site == stdlib / "site-packages"
     assert any((site / "container_server" / "__pycache__").glob("main.*.pyc"))
     assert (site / "aiohttp").is_dir()
     assert not (site / "websockets").exists()  # host-only
@@ -72,9 +73,10 @@ def test_the_interpreter_runs_through_its_own_loader(
     made: tuple[list[Bundle], Path, float],
 ) -> None:
     bundle = made[0][0]
-    command = bundle.python_command(mount=str(bundle.path))
+    command = bundle.python_command(mount=str(bundle.path), isolated=True)
+    site = bundle.path / bundle.manifest.site
     code = (
-        f"import sys; sys.path[:0] = [{str(bundle.path / 'site')!r}]; "
+        f"import sys; sys.path[:0] = [{str(site)!r}]; "
         "import ssl, sqlite3, ctypes, container_server.main, aiohttp, msgspec; "
         "print(sys.prefix); print(container_server.main.__file__); print(sys.flags.isolated)"
     )
@@ -84,5 +86,28 @@ def test_the_interpreter_runs_through_its_own_loader(
     assert done.returncode == 0, done.stderr
     prefix, main_file, isolated = done.stdout.split()
     assert prefix == str(bundle.path)
-    assert main_file.startswith(str(bundle.path / "site"))
+    assert main_file.startswith(str(site))
     assert isolated == "1"
+
+
+@pytest.mark.timeout(120)
+def test_the_plugins_interpreter_finds_the_bundles_packages_by_itself(
+    made: tuple[list[Bundle], Path, float], tmp_path: Path
+) -> None:
+    # A kernel's interpreter: not isolated, so site finds site-packages from the prefix.
+    bundle = made[0][0]
+    code = "import sys, aiohttp; print(sys.prefix); print(aiohttp.__file__); print(sys.path[0])"
+    done = subprocess.run(
+        [*bundle.python_command(mount=str(bundle.path)), "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={},
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    prefix, aiohttp_file, first = done.stdout.split("\n")[:3]
+    assert prefix == str(bundle.path)
+    assert aiohttp_file.startswith(str(bundle.path / bundle.manifest.site))
+    assert first == ""  # the working directory, as for any `python -c`

@@ -61,3 +61,10 @@ def test_a_workspace_that_is_a_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"its parent .*/file is a file, not a directory"):
         SandboxConfig(workspace_dir=str(tmp_path / "file" / "sub"))
     SandboxConfig(workspace_dir=str(tmp_path / "new" / "sub"))  # made by the runtime
+
+
+def test_the_runtime_mode_is_build_or_mount() -> None:
+    assert SandboxConfig().runtime_mode == "build"
+    assert SandboxConfig(runtime_mode="mount").runtime_mode == "mount"
+    with pytest.raises(ValueError, match="runtime_mode"):
+        SandboxConfig(runtime_mode="copy")

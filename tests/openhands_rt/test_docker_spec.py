@@ -11,6 +11,7 @@ import pytest
 
 from events.wire import CHANNEL_PATH
 from openhands_rt import SandboxConfig, SandboxError
+from openhands_rt.bundle import BUNDLE_MOUNT, Bundle, Manifest
 from openhands_rt.docker import lifecycle, rundir, spec
 from openhands_rt.sandboxes import HOST_DIR_PREFIX, LABEL_KEEP_ALIVE, LABEL_SESSION
 
@@ -151,6 +152,82 @@ def test_an_image_without_the_user_is_refused() -> None:
             group="",
             owner_uid=None,
         )
+
+
+BUNDLE = Bundle(
+    Path("/cache/bundles/k1"),
+    Manifest(
+        key="k1",
+        python="bin/python3",
+        loader="lib/ld-linux-x86-64.so.2",
+        bash="bin/bash",
+        python_version="3.11",
+        site="lib/python3.11/site-packages",
+    ),
+)
+
+
+def test_mount_mode_starts_the_server_from_the_bundle_mounted_read_only() -> None:
+    config = SandboxConfig(runtime_mode="mount", network="none")
+    created = body(config, bundle=BUNDLE, workspace="/srv/ws", owner_uid=4321)
+    cmd = command(created)
+    server = BUNDLE.server_command()
+    assert cmd[: len(server)] == server
+    assert cmd[0] == f"{BUNDLE_MOUNT}/lib/ld-linux-x86-64.so.2"
+    # The server's own flags follow the launcher, as in build mode.
+    rest = cmd[len(server) :]
+    assert rest[:2] == ["--working-dir", "/workspace"]
+    assert rest[rest.index("--user-id") + 1] == "4321"
+    assert f"/cache/bundles/k1:{BUNDLE_MOUNT}:ro" in created["HostConfig"]["Binds"]
+    assert created["User"] == "0:0"
+    assert created["HostConfig"]["CapDrop"] == ["ALL"]
+    # Build mode mounts nothing of ours.
+    assert not any(BUNDLE_MOUNT in b for b in body(SandboxConfig())["HostConfig"]["Binds"])
+
+
+@pytest.mark.parametrize(("passwd", "group"), [("", ""), ("root:x:0:0:root:/root:/bin/sh\n", "")])
+def test_mount_mode_makes_the_missing_user_with_the_workspace_owners_uid(
+    passwd: str, group: str
+) -> None:
+    config = SandboxConfig(runtime_mode="mount", read_only_root=True, workspace_dir="/srv/ws")
+    shell = BUNDLE.shell()
+    places = spec.writable_places(
+        config, image="busybox", passwd=passwd, group=group, owner_uid=4321, shell=shell
+    )
+    assert places.etc_files["passwd"].splitlines() == [
+        "root:x:0:0:root:/root:/bin/sh",
+        f"openhands:x:4321:4321::/home/openhands:{shell}",
+    ]
+    assert places.etc_files["group"].splitlines() == ["root:x:0:", "openhands:x:4321:"]
+    assert "uid=4321,gid=4321" in places.tmpfs["/home/openhands"]
+    assert "/workspace" not in places.tmpfs
+
+
+def test_mount_mode_without_a_workspace_owner_takes_the_first_free_uid() -> None:
+    config = SandboxConfig(runtime_mode="mount", read_only_root=True)
+    passwd = "root:x:0:0:root:/root:/bin/sh\nappuser:x:1000:1000::/app:/bin/sh\n"
+    places = spec.writable_places(
+        config, image="img", passwd=passwd, group="", owner_uid=None, shell="/b/bash"
+    )
+    assert "openhands:x:1001:1001::/home/openhands:/b/bash" in places.etc_files["passwd"]
+    assert "uid=1001,gid=1001" in places.tmpfs["/workspace"]
+
+
+def test_mount_mode_as_root_on_an_image_without_passwd_names_root() -> None:
+    config = SandboxConfig(runtime_mode="mount", read_only_root=True, run_as_root=True)
+    places = spec.writable_places(
+        config, image="img", passwd="", group="", owner_uid=None, shell="/b/bash"
+    )
+    assert places.etc_files == {"passwd": "root:x:0:0:root:/root:/b/bash\n", "group": "root:x:0:\n"}
+    assert "uid=0,gid=0" in places.tmpfs["/root"]
+
+
+def test_an_image_with_the_user_keeps_its_files_in_mount_mode() -> None:
+    config = SandboxConfig(runtime_mode="mount", read_only_root=True)
+    places = spec.writable_places(
+        config, image="img", passwd=PASSWD, group=GROUP, owner_uid=None, shell="/b/bash"
+    )
+    assert places.etc_files == {}
 
 
 def inspected(**host_config: Any) -> dict[str, Any]:
