@@ -551,12 +551,17 @@ async def test_nothing_on_the_servers_path_is_writable_by_the_agent(
         async with open_docker() as docker:
             shown = await (await docker.containers.get(rt.container_name)).show()
         command = [*shown["Config"]["Entrypoint"], *shown["Config"]["Cmd"]]
-        interpreter, flags = command[0], command[1 : command.index("-m")]
-        assert "-I" in flags, command
-        listing = await _exec_output(
-            rt.container_name,
-            [interpreter, *flags, "-c", "import json, sys; print(json.dumps(sys.path))"],
-        )
+        show_path = "import json, sys; print(json.dumps(sys.path))"
+        if "-m" in command:  # build mode: the venv's python -I -m container_server
+            probe_command = [*command[: command.index("-m")], "-c", show_path]
+        else:  # mount mode: the bundle's launcher sets the path, then runs the server
+            code_at = command.index("-c") + 1
+            run_server = "import runpy; runpy.run_module("
+            assert run_server in command[code_at], command
+            path_setup = command[code_at].split(run_server)[0]
+            probe_command = [*command[: code_at - 1], "-c", path_setup + show_path]
+        assert "-I" in probe_command, command
+        listing = await _exec_output(rt.container_name, probe_command)
         path = json.loads(listing.strip().splitlines()[-1])
         assert "" not in path, path
         assert not any(p.rstrip("/") in ("/workspace", ".") for p in path), path

@@ -69,12 +69,18 @@ async def listed_by_ps(*args: str) -> set[str]:
     return {word for word in stdout.split() if word.startswith(CONTAINER_PREFIX)}
 
 
+@pytest.fixture
+def image_args(runtime_mode: str, runtime_image: str, base_image: str) -> list[str]:
+    """The CLI's image options in each runtime mode: the built image, or no build at all."""
+    if runtime_mode == "mount":
+        return ["--no-build", "--base-image", base_image]
+    return ["--image", runtime_image]
+
+
 async def test_run_in_a_sandbox_streams_and_exits_with_the_code(
-    runtime_image: str, make_config: ConfigFactory
+    image_args: list[str], make_config: ConfigFactory
 ) -> None:
-    run = asyncio.create_task(
-        cli("run", "--image", runtime_image, "--", "whoami; hostname; (exit 3)")
-    )
+    run = asyncio.create_task(cli("run", *image_args, "--", "whoami; hostname; (exit 3)"))
     # Another sandbox of ours starts while the command runs and is still there when we look.
     async with (
         EventStream() as stream,
@@ -129,17 +135,17 @@ async def test_ps_with_a_label_lists_only_sandboxes_carrying_it(
 
 
 def test_several_arguments_are_one_argv_and_one_argument_is_a_shell_line(
-    runtime_image: str,
+    image_args: list[str],
 ) -> None:
-    result = cli_sync("run", "--image", runtime_image, "--", "printf", "%s|", "a b", "c")
+    result = cli_sync("run", *image_args, "--", "printf", "%s|", "a b", "c")
     assert result.returncode == 0, result.stderr
     # A short output comes whole in the observation, right-stripped: the CLI ends it with "\n".
     assert result.stdout == "a b|c|\n"
-    result = cli_sync("run", "--image", runtime_image, "--", "echo", "it's")
+    result = cli_sync("run", *image_args, "--", "echo", "it's")
     assert (result.returncode, result.stdout) == (0, "it's\n"), result.stderr
-    result = cli_sync("run", "--image", runtime_image, "--", "sh", "-c", "exit 5")
+    result = cli_sync("run", *image_args, "--", "sh", "-c", "exit 5")
     assert result.returncode == 5, result.stderr
-    result = cli_sync("run", "--image", runtime_image, "--", "echo one && echo two; exit 4")
+    result = cli_sync("run", *image_args, "--", "echo one && echo two; exit 4")
     assert (result.returncode, result.stdout.split()) == (4, ["one", "two"]), result.stderr
 
 
@@ -156,21 +162,17 @@ def cli_with_input(
     )
 
 
-def test_stdin_is_closed_unless_interactive(runtime_image: str) -> None:
+def test_stdin_is_closed_unless_interactive(image_args: list[str]) -> None:
     # Without -i the command sees end of input at once (it used to wait forever).
-    result = cli_with_input(
-        "run", "--image", runtime_image, "--", "cat; echo done", data=b"hi\n", timeout=120
-    )
+    result = cli_with_input("run", *image_args, "--", "cat; echo done", data=b"hi\n", timeout=120)
     assert (result.returncode, result.stdout) == (0, b"done\n"), result.stderr
 
 
-def test_interactive_passes_every_byte_and_end_of_input(runtime_image: str) -> None:
+def test_interactive_passes_every_byte_and_end_of_input(image_args: list[str]) -> None:
     text = b"first\n\n   indented  \n\ttab\x03\x04 and \xc3\xa9t\xc3\xa9\n" + b"x" * 9000 + b"\n"
     binary = bytes(range(256)) * 600  # not UTF-8: relayed in base64
     for data in (text, binary):
-        result = cli_with_input(
-            "run", "-i", "--image", runtime_image, "--", "sha256sum; wc -c", data=data
-        )
+        result = cli_with_input("run", "-i", *image_args, "--", "sha256sum; wc -c", data=data)
         assert result.returncode == 0, result.stderr
         digest, _, count = result.stdout.decode().split()
         assert digest == hashlib.sha256(data).hexdigest()
@@ -220,11 +222,11 @@ class Terminal:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 async def test_every_way_of_ending_run_removes_its_sandbox(
-    runtime_image: str, docker: aiodocker.Docker, signum: int
+    image_args: list[str], docker: aiodocker.Docker, signum: int
 ) -> None:
     """SIGINT (Ctrl-C), SIGTERM (``timeout``, ``kill``), SIGHUP (the terminal closed)."""
     master, slave = os.openpty()
-    command = [sys.executable, "-m", "openhands_rt.cli", "run", "--image", runtime_image]
+    command = [sys.executable, "-m", "openhands_rt.cli", "run", *image_args]
     command += ["--", "echo started; sleep 60"]
     # SIGHUP as when a terminal closes: the CLI leads a session whose terminal is the pty.
     prefix = ["setsid", "--ctty"] if signum == signal.SIGHUP else []
@@ -274,13 +276,13 @@ async def containers_of_ids(docker: aiodocker.Docker, ids: list[str]) -> list[st
 
 
 async def test_shell_ctrl_c_interrupts_the_command_and_ctrl_d_leaves(
-    runtime_image: str, docker: aiodocker.Docker
+    image_args: list[str], docker: aiodocker.Docker
 ) -> None:
     master, slave = os.openpty()
     # A session whose controlling terminal is the pty: Ctrl-C there is SIGINT, as for a user.
     proc = await asyncio.create_subprocess_exec(
         *("setsid", "--ctty", sys.executable, "-m", "openhands_rt.cli"),
-        *("shell", "--image", runtime_image),
+        *("shell", *image_args),
         stdin=slave,
         stdout=slave,
         stderr=slave,
@@ -331,12 +333,12 @@ async def test_shell_ctrl_c_interrupts_the_command_and_ctrl_d_leaves(
 
 
 def test_a_root_owned_workspace_given_to_the_sandbox_user_is_said(
-    runtime_image: str, tmp_path: Path
+    image_args: list[str], tmp_path: Path
 ) -> None:
     workspace = tmp_path / "ws"
     workspace.mkdir()
     os.chown(workspace, 0, 0)  # the tests run as root in CI; made explicit here
-    result = cli_sync("run", "--image", runtime_image, "--workspace", str(workspace), "--", "true")
+    result = cli_sync("run", *image_args, "--workspace", str(workspace), "--", "true")
     assert result.returncode == 0, result.stderr
     said = " ".join(result.stderr.split())
     assert "note: the workspace was owned by root" in said, result.stderr

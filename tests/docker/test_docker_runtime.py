@@ -31,7 +31,7 @@ from events import (
     Observation,
     RuntimeStatusObservation,
 )
-from openhands_rt import DockerRuntime, SandboxError, SandboxStartError
+from openhands_rt import DockerRuntime, SandboxConfig, SandboxError, SandboxStartError
 from openhands_rt.docker_client import open_docker
 from openhands_rt.docker_runtime import CONTAINER_PREFIX
 from openhands_rt.sandboxes import (
@@ -119,17 +119,32 @@ async def test_missing_image_fails_fast_naming_it(
     assert time.monotonic() - started < 5
 
 
+def failing_start(
+    make_config: ConfigFactory, runtime_mode: str, base_image: str, **overrides: object
+) -> SandboxConfig:
+    """A config whose container is made and exits before its server listens.
+
+    Build mode: the bare base image has no server venv. Mount mode runs on any
+    image, so the server is made to fail itself: an unknown log level.
+    """
+    if runtime_mode == "mount":
+        return make_config(env={"OPENHANDS_RT_LOG_LEVEL": "NO-SUCH-LEVEL"}, **overrides)
+    return make_config(runtime_container_image=base_image, **overrides)
+
+
 async def test_start_failure_reports_logs_and_removes_container(
-    stream: EventStream, make_config: ConfigFactory, base_image: str
+    stream: EventStream, make_config: ConfigFactory, base_image: str, runtime_mode: str
 ) -> None:
-    # The bare base image has no server venv: the container cannot start the server.
     sid = session_id()
+    config = failing_start(make_config, runtime_mode, base_image)
     with pytest.raises(SandboxStartError) as info:
-        async with DockerRuntime(
-            stream, make_config(runtime_container_image=base_image), session_id=sid
-        ):
+        async with DockerRuntime(stream, config, session_id=sid):
             pass
-    assert "openhands_rt/venv/bin/python" in str(info.value) or info.value.log_tail
+    if runtime_mode == "mount":
+        # The server's own error, from the container's log.
+        assert "NO-SUCH-LEVEL" in "\n".join(info.value.log_tail), info.value.log_tail
+    else:
+        assert "openhands_rt/venv/bin/python" in str(info.value) or info.value.log_tail
     assert not await container_exists(CONTAINER_PREFIX + sid)
     assert run_dirs_of(sid) == []
 
@@ -145,7 +160,8 @@ def run_dirs_of(sid: str) -> list[str]:
         # The container is made and never becomes ready.
         ({}, SandboxStartError),
         ({"read_only_root": True, "run_as_root": True}, SandboxStartError),
-        # Refused before the container is made: the base image has no sandbox user.
+        # Refused before the container is made: the base image has no sandbox user (build
+        # mode, where the image must have it); no such image (mount mode).
         ({"read_only_root": True}, SandboxError),
     ],
 )
@@ -153,12 +169,23 @@ async def test_a_failed_start_removes_what_it_made_even_if_kept_alive(
     stream: EventStream,
     make_config: ConfigFactory,
     base_image: str,
+    runtime_mode: str,
     overrides: dict[str, object],
     error: type[SandboxError],
 ) -> None:
     # keep_runtime_alive keeps a sandbox that became ready, never one that did not.
     sid = session_id()
-    config = make_config(runtime_container_image=base_image, keep_runtime_alive=True, **overrides)
+    if error is SandboxStartError:
+        config = failing_start(
+            make_config, runtime_mode, base_image, keep_runtime_alive=True, **overrides
+        )
+    elif runtime_mode == "mount":
+        missing = "openhands-rt-test/no-such-image:x"
+        config = make_config(runtime_container_image=missing, keep_runtime_alive=True)
+    else:
+        config = make_config(
+            runtime_container_image=base_image, keep_runtime_alive=True, **overrides
+        )
     with pytest.raises(error):
         async with DockerRuntime(stream, config, session_id=sid):
             pass
