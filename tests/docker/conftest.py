@@ -4,7 +4,9 @@
 - ``base_image``: the bootstrapped Debian base image (made once when missing, kept);
 - ``test_labels``: labels to put on every image and container a test makes. At
   the end of the session everything carrying this run's label is removed
-  (containers first, then images, children before parents).
+  (containers first, then images, children before parents);
+- ``busybox_image``, ``debian_without_python_image``, ``bullseye_image``: the
+  test images of mount mode, made in the session (images.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 import aiodocker
 import pytest
 from aiodocker.exceptions import DockerError
+from images import bullseye_image, busybox_image, debian_without_python_image
 from support import OCI_RUNTIMES, RUNTIME_MODES, ConfigFactory
 
 from events import EventStream
@@ -29,6 +32,8 @@ logger = logging.getLogger(__name__)
 RUN_LABEL = "org.openhands-rt.test-run"
 RUN_ID = uuid.uuid4().hex[:12]
 TEST_REPOSITORY = "openhands-rt-test/runtime"
+# Fixtures of images.py, registered here.
+__all__ = ["bullseye_image", "busybox_image", "debian_without_python_image"]
 
 
 @pytest.fixture(scope="session")

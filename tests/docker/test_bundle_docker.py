@@ -1,23 +1,20 @@
 """The runtime bundle runs the real server in a container made from a busybox-only image.
 
-The image is made here: a root filesystem holding Debian's static busybox and
-its applet links, nothing else (no python, no bash, no libc, no /etc/passwd,
-no /tmp, no /workspace), imported into the engine under this run's label. The
-container is the one DockerRuntime would create (openhands_rt.docker.spec),
-with the bundle bind-mounted read-only and its launcher in place of the build
-mode's ``python -I -m container_server``.
+The image (the ``busybox_image`` fixture of images.py) holds Debian's static
+busybox and its applet links, nothing else (no python, no bash, no libc, no
+/etc/passwd, no /tmp, no /workspace). The container is the one DockerRuntime
+would create (openhands_rt.docker.spec), with the bundle bind-mounted
+read-only and its launcher in place of the build mode's
+``python -I -m container_server``.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
-import subprocess
-import tarfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +36,9 @@ from openhands_rt.channel import ChannelClient
 from openhands_rt.docker.lifecycle import wait_listening
 from openhands_rt.docker.rundir import make_run_dir, remove_dirs
 from openhands_rt.docker.spec import SERVER_COMMAND, container_config, find_endpoint
-from openhands_rt.docker_client import import_image
 
 pytestmark = pytest.mark.docker
 
-BUSYBOX = Path("/bin/busybox")
 WORKSPACE_OWNER = 4242
 
 
@@ -53,52 +48,6 @@ def bundle() -> Bundle:
     made = make_bundle()
     print(f"bundle {made.key}: {time.monotonic() - started:.2f} s")  # made, or found
     return made
-
-
-def _busybox_tar() -> bytes:
-    if not os.access(BUSYBOX, os.X_OK):
-        pytest.fail("busybox-static is not installed (apt-get install busybox-static)")
-    applets = subprocess.run(
-        [str(BUSYBOX), "--list"], capture_output=True, text=True, check=True
-    ).stdout.split()
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        directory = tarfile.TarInfo("bin")
-        directory.type, directory.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(directory)
-        tar.add(BUSYBOX, "bin/busybox")
-        for applet in applets:
-            if applet != "busybox":
-                link = tarfile.TarInfo(f"bin/{applet}")
-                link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-                tar.addfile(link)
-    return buffer.getvalue()
-
-
-@pytest.fixture
-async def busybox_image(
-    docker: aiodocker.Docker, test_labels: dict[str, str]
-) -> AsyncIterator[str]:
-    """A busybox-only image, made from Debian's busybox-static; removed afterwards."""
-    data = _busybox_tar()
-
-    async def chunks() -> AsyncIterator[bytes]:
-        yield data
-
-    tag = uuid.uuid4().hex[:12]
-    labels = " ".join(f'{key}="{value}"' for key, value in test_labels.items())
-    await import_image(
-        docker,
-        chunks(),
-        repository="openhands-rt-test/busybox",
-        tag=tag,
-        changes=[f"LABEL {labels}", "ENV PATH=/bin"],
-    )
-    name = f"openhands-rt-test/busybox:{tag}"
-    try:
-        yield name
-    finally:
-        await docker.images.delete(name, force=True)
 
 
 @pytest.fixture

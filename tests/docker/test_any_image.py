@@ -1,0 +1,179 @@
+"""Mount mode on images as they are: busybox only, Debian without python, bullseye, bookworm.
+
+Each sandbox is a real :class:`DockerRuntime` with ``runtime_mode="mount"``
+under runc and runsc, made from a test image of images.py (no build, nothing
+pulled); the server, its interpreter and the session's bash come from the
+runtime bundle. One sandbox per test doing several checks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import session_id, sh
+
+from events import (
+    EventStream,
+    FileEditAction,
+    FileEditObservation,
+    FileReadAction,
+    FileReadObservation,
+    FileWriteAction,
+    FileWriteObservation,
+    IPythonRunCellAction,
+    IPythonRunCellObservation,
+)
+from openhands_rt import DockerRuntime, JupyterRequirement, SandboxConfig
+from openhands_rt.bundle import BUNDLE_MOUNT
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
+
+WORKSPACE_OWNER = 4242
+
+# Each test image: its fixture, and a command whose output shows the image is
+# what it claims to be (the session's own bash and python are the bundle's,
+# never on the image's PATH).
+IMAGES = {
+    "busybox": (
+        "busybox_image",
+        "command -v python3 bash ls; readlink /bin/ls",
+        "/bin/ls\nbusybox",
+    ),
+    "debian-no-python": (
+        "debian_without_python_image",
+        "command -v python3 python3.11 bash; dpkg-query -W | grep -c python",
+        "/usr/bin/bash\n0",
+    ),
+    "bullseye": ("bullseye_image", "ldd --version | head -n 1 | grep -o '[0-9.]*$'", "2.31"),
+    "bookworm": ("base_image", "ldd --version | head -n 1 | grep -o '[0-9.]*$'", "2.36"),
+}
+
+
+@pytest.fixture(params=list(IMAGES))
+def any_image(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(kind, image name) for each test image, made on first use in the session."""
+    kind = str(request.param)
+    return kind, str(request.getfixturevalue(IMAGES[kind][0]))
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Iterator[Path]:
+    """A host directory owned by uid and gid :data:`WORKSPACE_OWNER`."""
+    path = tmp_path / "workspace"
+    path.mkdir()
+    (path / "notes.txt").write_text("from the host\n")
+    os.chown(path, WORKSPACE_OWNER, WORKSPACE_OWNER)
+    os.chown(path / "notes.txt", WORKSPACE_OWNER, WORKSPACE_OWNER)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def mounted(image: str, labels: dict[str, str], **overrides: object) -> SandboxConfig:
+    kwargs: dict[str, object] = {
+        "runtime_mode": "mount",
+        "base_container_image": image,
+        "labels": dict(labels),
+        "no_change_timeout": 5.0,
+        "timeout": 60.0,
+    }
+    kwargs.update(overrides)
+    return SandboxConfig(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_sandbox_on_the_image_as_it_is(
+    stream: EventStream,
+    any_image: tuple[str, str],
+    oci_runtime: str,
+    workspace: Path,
+    test_labels: dict[str, str],
+) -> None:
+    kind, image = any_image
+    _, probe, expected = IMAGES[kind]
+    config = mounted(image, test_labels, oci_runtime=oci_runtime, workspace_dir=str(workspace))
+    async with DockerRuntime(stream, config, session_id=session_id()) as rt:
+        assert (await sh(rt, probe)).content.strip() == expected
+
+        who = await sh(rt, "echo hi; id -u; id -g; whoami; echo $BASH")
+        assert who.exit_code == 0
+        owner = str(WORKSPACE_OWNER)
+        assert who.content.split() == ["hi", owner, owner, "openhands", f"{BUNDLE_MOUNT}/bin/bash"]
+
+        notes = await rt.run(FileReadAction("/workspace/notes.txt"))
+        assert isinstance(notes, FileReadObservation), notes
+        assert notes.content == "from the host\n"
+        wrote = await rt.run(FileWriteAction("/workspace/made.txt", "one\ntwo\n"))
+        assert isinstance(wrote, FileWriteObservation), wrote
+        read = await rt.run(FileReadAction("/workspace/made.txt"))
+        assert isinstance(read, FileReadObservation), read
+        assert read.content == "one\ntwo\n"
+        made = workspace / "made.txt"
+        assert made.read_text() == "one\ntwo\n"
+        assert made.stat().st_uid == WORKSPACE_OWNER
+        edit = FileEditAction("/workspace/made.txt", "str_replace", old_str="two", new_str="three")
+        edited = await rt.run(edit)
+        assert isinstance(edited, FileEditObservation), edited
+        assert made.read_text() == "one\nthree\n"
+
+        assert (await sh(rt, "false")).exit_code == 1
+        assert (await sh(rt, "(exit 7)")).exit_code == 7
+        assert (await sh(rt, "cd /tmp && echo x > here")).exit_code == 0
+        pwd = await sh(rt, "pwd; cat here")
+        assert pwd.content.split() == ["/tmp", "x"]
+        assert pwd.metadata.working_dir == "/tmp"
+
+
+async def test_read_only_root_without_network(
+    stream: EventStream,
+    any_image: tuple[str, str],
+    oci_runtime: str,
+    workspace: Path,
+    test_labels: dict[str, str],
+) -> None:
+    # The busybox image has no /etc/passwd: the host generates one and mounts it.
+    _, image = any_image
+    config = mounted(
+        image,
+        test_labels,
+        oci_runtime=oci_runtime,
+        workspace_dir=str(workspace),
+        read_only_root=True,
+        network="none",
+    )
+    async with DockerRuntime(stream, config, session_id=session_id()) as rt:
+        owner = str(WORKSPACE_OWNER)
+        who = await sh(rt, "id -u; whoami; cd ~ && pwd && echo home > h && cat h")
+        assert who.content.split() == [owner, "openhands", "/home/openhands", "home"]
+        root = await sh(rt, "touch /etc/x 2>/dev/null || echo refused")
+        assert root.content.strip() == "refused"
+        places = await sh(rt, "echo t > /tmp/t && echo w > /workspace/w && cat /tmp/t /workspace/w")
+        assert places.content.split() == ["t", "w"]
+        assert (workspace / "w").read_text() == "w\n"
+        interfaces = await sh(rt, "tail -n +3 /proc/net/dev | cut -d: -f1")
+        assert interfaces.content.split() == ["lo"]
+
+
+async def test_jupyter_on_an_image_without_python(
+    stream: EventStream,
+    debian_without_python_image: str,
+    oci_runtime: str,
+    test_labels: dict[str, str],
+) -> None:
+    config = mounted(
+        debian_without_python_image,
+        test_labels,
+        oci_runtime=oci_runtime,
+        plugins=[JupyterRequirement()],
+    )
+    async with DockerRuntime(stream, config, session_id=session_id()) as rt:
+        none = await sh(rt, "command -v python3 || echo none")
+        assert none.content.strip() == "none"
+        cell = await rt.run(IPythonRunCellAction("import sys\nx = 6 * 7\nprint(x, sys.prefix)"))
+        assert isinstance(cell, IPythonRunCellObservation), cell
+        assert cell.content.splitlines()[0] == f"42 {BUNDLE_MOUNT}"
+        again = await rt.run(IPythonRunCellAction("print(x + 1)"))
+        assert isinstance(again, IPythonRunCellObservation), again
+        assert again.content.splitlines()[0] == "43"
