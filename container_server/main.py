@@ -34,7 +34,11 @@ from aiohttp import web
 from container_server.app import DEFAULT_MAX_FRAME_BYTES, STATE, ServerSettings, create_app
 from container_server.interpreter import parse_python_command, use_python_command
 from container_server.plugin_registry import PluginLoadError
-from container_server.privileges import drop_privileges, prepare_sandbox_user
+from container_server.privileges import (
+    drop_privileges,
+    ensure_root_account,
+    prepare_sandbox_user,
+)
 from container_server.seccomp import install_filter
 from events.wire import READY_LINE_PREFIX
 
@@ -277,6 +281,15 @@ def main(argv: list[str] | None = None) -> int:
         notes = list(identity.notes)
         # Already acting as that user after the drop: nothing left to switch.
         args.user_id = None
+    elif args.username is None and os.geteuid() == 0:
+        # The agent runs as root (run_as_root): an image as small as busybox needs
+        # root's account and /tmp as much as a sandbox user's.
+        try:
+            _ensure_tmp()
+            notes = ensure_root_account(args.bash or "/bin/bash")
+        except OSError as exc:
+            print(f"error: cannot prepare root's account: {exc}", file=sys.stderr)
+            return 2
     try:
         sock, where = listen(args)
     except OSError as exc:

@@ -115,6 +115,31 @@ def _add_account(username: str, uid: int | None, shell: str) -> str:
     return f"the image has no user {username}: added it to /etc/passwd with uid {new_uid}"
 
 
+def ensure_root_account(shell: str) -> list[str]:
+    """Give uid 0 a passwd entry and a home where the image has none (busybox, scratch).
+
+    For a server that runs the agent as root (no ``--username``): without the
+    entry ``whoami`` fails and Docker leaves ``HOME=/``. Returns the notes
+    saying what was added (none when the entry exists).
+    """
+    try:
+        pwd.getpwuid(0)
+        return []
+    except KeyError:
+        pass
+    passwd, group = _read_or_empty("/etc/passwd"), _read_or_empty("/etc/group")
+    passwd = f"root:x:0:0:root:/root:{shell}\n" + passwd
+    if not any(line.split(":")[0] == "root" for line in group.splitlines()):
+        group = "root:x:0:\n" + group
+    os.makedirs("/etc", exist_ok=True)
+    _write("/etc/passwd", passwd, 0o644)
+    _write("/etc/group", group, 0o644)
+    os.makedirs("/root", mode=0o700, exist_ok=True)
+    if os.environ.get("HOME", "/") == "/":
+        os.environ["HOME"] = "/root"
+    return ["the image has no passwd entry for root: added one, with home /root"]
+
+
 def prepare_sandbox_user(
     username: str,
     *,

@@ -156,6 +156,27 @@ async def test_read_only_root_without_network(
         assert interfaces.content.split() == ["lo"]
 
 
+@pytest.mark.parametrize("read_only_root", [False, True])
+async def test_root_has_an_account_on_an_image_without_passwd(
+    stream: EventStream,
+    busybox_image: str,
+    oci_runtime: str,
+    test_labels: dict[str, str],
+    read_only_root: bool,
+) -> None:
+    # run_as_root on busybox: the server (or, read-only, the host) gives uid 0 its entry.
+    config = mounted(
+        busybox_image,
+        test_labels,
+        oci_runtime=oci_runtime,
+        run_as_root=True,
+        read_only_root=read_only_root,
+    )
+    async with DockerRuntime(stream, config, session_id=session_id()) as rt:
+        who = await sh(rt, 'id -u; whoami; echo "$HOME"; cd ~ && echo r > r && cat r; ls -d /tmp')
+        assert who.content.split() == ["0", "root", "/root", "r", "/tmp"]
+
+
 async def test_jupyter_on_an_image_without_python(
     stream: EventStream,
     debian_without_python_image: str,
