@@ -20,10 +20,9 @@ import aiodocker
 import pytest
 from aiodocker.exceptions import DockerError
 from images import bullseye_image, busybox_image, debian_without_python_image
-from support import OCI_RUNTIMES, RUNTIME_MODES, ConfigFactory
+from support import OCI_RUNTIMES, RUNTIME_MODES, ConfigFactory, config_factory
 
 from events import EventStream
-from openhands_rt import SandboxConfig
 from openhands_rt.docker_client import open_docker
 from openhands_rt.image import DEFAULT_BASE_IMAGE, bootstrap_base_image, build_runtime_image
 
@@ -88,21 +87,9 @@ def make_config(
 ) -> ConfigFactory:
     """SandboxConfig factory, in each runtime mode: the test runtime image (build) or the
     base image as it is (mount), the run's labels, short timeouts."""
-
-    def make(**overrides: object) -> SandboxConfig:
-        kwargs: dict[str, object] = {
-            "labels": dict(test_labels),
-            "no_change_timeout": 5.0,
-            "timeout": 60.0,
-        }
-        if runtime_mode == "mount":
-            kwargs.update(runtime_mode="mount", base_container_image=base_image)
-        else:
-            kwargs["runtime_container_image"] = runtime_image
-        kwargs.update(overrides)
-        return SandboxConfig(**kwargs)  # type: ignore[arg-type]
-
-    return make
+    return config_factory(
+        runtime_mode, runtime_image=runtime_image, base_image=base_image, labels=test_labels
+    )
 
 
 @pytest.fixture

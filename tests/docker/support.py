@@ -18,6 +18,7 @@ __all__ = [
     "OCI_RUNTIMES",
     "RUNTIME_MODES",
     "ConfigFactory",
+    "config_factory",
     "container_exists",
     "engine_runtimes",
     "is_status",
@@ -51,6 +52,28 @@ OCI_RUNTIMES = (
 
 # Every sandbox test runs in both: the built runtime image, and the base image as it is.
 RUNTIME_MODES = ["build", "mount"]
+
+
+def config_factory(
+    runtime_mode: str, *, runtime_image: str, base_image: str, labels: dict[str, str]
+) -> ConfigFactory:
+    """SandboxConfig factory for ``runtime_mode``: ``runtime_image`` (build) or
+    ``base_image`` as it is (mount), ``labels``, short timeouts; overrides win."""
+
+    def make(**overrides: object) -> SandboxConfig:
+        kwargs: dict[str, object] = {
+            "labels": dict(labels),
+            "no_change_timeout": 5.0,
+            "timeout": 60.0,
+        }
+        if runtime_mode == "mount":
+            kwargs.update(runtime_mode="mount", base_container_image=base_image)
+        else:
+            kwargs["runtime_container_image"] = runtime_image
+        kwargs.update(overrides)
+        return SandboxConfig(**kwargs)  # type: ignore[arg-type]
+
+    return make
 
 
 def session_id() -> str:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from support import ConfigFactory, session_id
+from support import RUNTIME_MODES, ConfigFactory, config_factory, session_id
 
 from events import (
     CmdOutputObservation,
@@ -38,11 +38,21 @@ pytestmark = pytest.mark.timeout(300)
 
 RUNTIMES = [
     pytest.param("local", id="local"),
-    pytest.param("docker", id="docker", marks=pytest.mark.docker),
+    *(pytest.param(mode, id=f"docker-{mode}", marks=pytest.mark.docker) for mode in RUNTIME_MODES),
 ]
 
 
 RuntimeFactory = Callable[..., EventStreamRuntime]
+
+
+def docker_configs(request: pytest.FixtureRequest, mode: str) -> ConfigFactory:
+    """The tests' config factory (conftest's ``make_config``) for runtime mode ``mode``."""
+    return config_factory(
+        mode,
+        runtime_image=request.getfixturevalue("runtime_image"),
+        base_image=request.getfixturevalue("base_image"),
+        labels=request.getfixturevalue("test_labels"),
+    )
 
 
 @pytest.fixture(params=RUNTIMES)
@@ -60,7 +70,7 @@ def make_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> RuntimeFacto
             return LocalRuntime(stream, config, session_id=session_id())
 
         return local
-    make_config: ConfigFactory = request.getfixturevalue("make_config")
+    make_config = docker_configs(request, request.param)
 
     def docker(stream: EventStream, **overrides: object) -> EventStreamRuntime:
         return DockerRuntime(stream, make_config(**overrides), session_id=session_id())
@@ -168,13 +178,18 @@ def make_skills_runtime(
     if request.param == "local":
         config = SandboxConfig(workspace_dir=str(tmp_path), plugins=list(SKILLS))
         return lambda stream: LocalRuntime(stream, config, session_id=session_id())
-    base_image: str = request.getfixturevalue("base_image")
-    repository: str = request.getfixturevalue("test_repository")
-    built = asyncio.run(
-        build_runtime_image(base_image, repository=repository, labels=test_labels, plugins=SKILLS)
-    )
-    make_config: ConfigFactory = request.getfixturevalue("make_config")
-    docker_config = make_config(runtime_container_image=built.image, plugins=list(SKILLS))
+    make_config = docker_configs(request, request.param)
+    if request.param == "mount":  # the plugins come in the bundle
+        docker_config = make_config(plugins=list(SKILLS))
+    else:
+        base_image: str = request.getfixturevalue("base_image")
+        repository: str = request.getfixturevalue("test_repository")
+        built = asyncio.run(
+            build_runtime_image(
+                base_image, repository=repository, labels=test_labels, plugins=SKILLS
+            )
+        )
+        docker_config = make_config(runtime_container_image=built.image, plugins=list(SKILLS))
     return lambda stream: DockerRuntime(stream, docker_config, session_id=session_id())
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from support import RUNTIME_MODES
 
 from events import (
     CmdOutputObservation,
@@ -30,6 +31,7 @@ from events import (
     RuntimeStatusObservation,
 )
 from openhands_rt import DockerRuntime, JupyterRequirement, PluginRequirement, SandboxConfig
+from openhands_rt.bundle import BUNDLE_MOUNT
 from openhands_rt.docker_client import open_docker
 from openhands_rt.docker_runtime import SANDBOX_USER, SERVER_PYTHON
 from openhands_rt.image import LABEL_PREFIX, BuildResult, build_runtime_image
@@ -72,10 +74,19 @@ def plugin_build(base_image: str, test_repository: str, test_labels: dict[str, s
 
 
 def config(
-    build: BuildResult, labels: dict[str, str], *plugins: PluginRequirement
+    request: pytest.FixtureRequest, labels: dict[str, str], *plugins: PluginRequirement
 ) -> SandboxConfig:
+    """In build mode the image built with the plugins; in mount mode the base image as it
+    is, the plugins' requirements bundled from this host's environment."""
+    if request.param == "mount":
+        image = {
+            "runtime_mode": "mount",
+            "base_container_image": request.getfixturevalue("base_image"),
+        }
+    else:
+        image = {"runtime_container_image": request.getfixturevalue("plugin_build").image}
     return SandboxConfig(
-        runtime_container_image=build.image,
+        **image,  # type: ignore[arg-type]
         labels=dict(labels),
         plugins=list(plugins),
         no_change_timeout=5.0,
@@ -83,11 +94,21 @@ def config(
     )
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+def kernel_python(rt: DockerRuntime) -> str:
+    """The interpreter the Jupyter trailer names: the venv's, or the bundle's."""
+    return f"{BUNDLE_MOUNT}/bin/python3" if rt.config.runtime_mode == "mount" else SERVER_PYTHON
+
+
+@pytest.fixture(params=RUNTIME_MODES)
+def mode(request: pytest.FixtureRequest) -> pytest.FixtureRequest:
+    return request
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=RUNTIME_MODES)
 async def jupyter(
-    plugin_build: BuildResult, test_labels: dict[str, str]
+    request: pytest.FixtureRequest, test_labels: dict[str, str]
 ) -> AsyncIterator[DockerRuntime]:
-    cfg = config(plugin_build, test_labels, JupyterRequirement())
+    cfg = config(request, test_labels, JupyterRequirement())
     session_id = "jpy" + uuid.uuid4().hex[:10]
     async with EventStream() as stream, DockerRuntime(stream, cfg, session_id=session_id) as rt:
         yield rt
@@ -98,7 +119,7 @@ async def cell(rt: DockerRuntime, code: str, timeout: float | None = None) -> st
     obs = await rt.run(IPythonRunCellAction(code, timeout=timeout))
     assert isinstance(obs, IPythonRunCellObservation), obs
     pwd = await rt.run(CmdRunAction("pwd"))
-    trailer = "\n" + TRAILER.format(cwd=pwd.content.strip(), python=SERVER_PYTHON)
+    trailer = "\n" + TRAILER.format(cwd=pwd.content.strip(), python=kernel_python(rt))
     assert obs.content.endswith(trailer), obs.content
     return obs.content[: -len(trailer)]
 
@@ -123,10 +144,10 @@ async def test_plugins_enter_the_image_and_its_lock_tag(
 
 
 async def test_third_party_plugin_in_the_container(
-    plugin_build: BuildResult, test_labels: dict[str, str]
+    mode: pytest.FixtureRequest, test_labels: dict[str, str]
 ) -> None:
     async with EventStream() as stream:
-        cfg = config(plugin_build, test_labels, SHOUT)
+        cfg = config(mode, test_labels, SHOUT)
         async with DockerRuntime(stream, cfg, session_id="shout" + uuid.uuid4().hex[:10]) as rt:
             obs = await rt.run(IPythonRunCellAction("import this"))
             assert isinstance(obs, IPythonRunCellObservation)
@@ -139,12 +160,16 @@ async def test_third_party_plugin_in_the_container(
                 "user": SANDBOX_USER,
                 "working_dir": "/workspace",
             }
-            version = await rt.run(
-                CmdRunAction(
-                    f'{SERVER_PYTHON} -c "import importlib.metadata as m; '
-                    "print(m.version('oh-shout-plugin'))\""
+            if cfg.runtime_mode == "mount":  # bundled: its metadata is in the bundle
+                metadata = f"{BUNDLE_MOUNT}/lib/python3.*/site-packages/oh_shout_plugin-*/METADATA"
+                version = await rt.run(CmdRunAction(f"sed -n 's/^Version: //p' {metadata}"))
+            else:
+                version = await rt.run(
+                    CmdRunAction(
+                        f'{SERVER_PYTHON} -c "import importlib.metadata as m; '
+                        "print(m.version('oh-shout-plugin'))\""
+                    )
                 )
-            )
             assert version.content.strip() == "0.1.0"
         errors = [
             e
@@ -159,7 +184,7 @@ async def test_jupyter_print(jupyter: DockerRuntime) -> None:
     await jupyter.run(CmdRunAction("cd /workspace"))
     obs = await jupyter.run(IPythonRunCellAction("print(1)"))
     assert isinstance(obs, IPythonRunCellObservation)
-    assert obs.content == "1\n" + TRAILER.format(cwd="/workspace", python=SERVER_PYTHON)
+    assert obs.content == "1\n" + TRAILER.format(cwd="/workspace", python=kernel_python(jupyter))
     assert obs.image_urls == []
 
 

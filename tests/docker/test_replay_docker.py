@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from rich.console import Console
+from support import RUNTIME_MODES
 
 from events import (
     CmdOutputObservation,
@@ -46,9 +47,12 @@ SESSION = [
 ]
 
 
-def config(base_image: str, workspace: Path | None = None) -> SandboxConfig:
+def config(
+    base_image: str, workspace: Path | None = None, runtime_mode: str = "build"
+) -> SandboxConfig:
     return SandboxConfig(
         base_container_image=base_image,
+        runtime_mode=runtime_mode,
         workspace_dir=None if workspace is None else str(workspace),
         no_change_timeout=5.0,
         timeout=60.0,
@@ -63,7 +67,11 @@ async def record(log: Path, cfg: SandboxConfig) -> list[Event]:
     return read_log(log)
 
 
-async def test_docker_session_replays_and_verifies(base_image: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("replay_mode", RUNTIME_MODES)
+async def test_docker_session_replays_and_verifies(
+    base_image: str, tmp_path: Path, replay_mode: str
+) -> None:
+    # Recorded in build mode; verified in each mode: mount mode's observations are the same.
     log = tmp_path / "session.log"
     events = await record(log, config(base_image))
     outputs = [e for e in events if isinstance(e, CmdOutputObservation)]
@@ -71,7 +79,8 @@ async def test_docker_session_replays_and_verifies(base_image: str, tmp_path: Pa
     assert outputs[2].content.split() == ["/tmp", "hi", "openhands"]
 
     output = tmp_path / "replayed.log"
-    result = await replay_file(log, verify=True, config=config(base_image), output_log=output)
+    replay_config = config(base_image, runtime_mode=replay_mode)
+    result = await replay_file(log, verify=True, config=replay_config, output_log=output)
     assert result.divergence is None
     assert (result.total, result.executed, result.matched) == (9, 9, 9)
     replayed_edit = next(e for e in read_log(output) if isinstance(e, FileEditObservation))
