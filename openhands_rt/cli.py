@@ -281,9 +281,16 @@ async def cmd_gc(args: argparse.Namespace) -> int:
 
     async with aiodocker.Docker() as docker:
         removed = await reap_orphans(docker, include_kept=args.all, labels=_labels(args.label))
-    for name in removed:
-        console.print(f"removed {name}")
-    console.print(f"{len(removed)} orphaned sandbox(es) removed")
+        for name in removed:
+            console.print(f"removed {name}")
+        console.print(f"{len(removed)} orphaned sandbox(es) removed")
+        if args.bundles:
+            from openhands_rt.docker.mount import prune_bundles
+
+            bundles = await prune_bundles(docker)
+            for path in bundles:
+                console.print(f"removed {path}")
+            console.print(f"{len(bundles)} runtime bundle(s) no container mounts removed")
     return 0
 
 
@@ -395,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gc", help="remove sandboxes whose owner process is gone")
     p.add_argument("--all", action="store_true", help="also kept-alive sandboxes of dead owners")
+    p.add_argument(
+        "--bundles",
+        action="store_true",
+        help="also the runtime bundles (--no-build) that no container mounts",
+    )
     p.add_argument("--label", action="append", metavar="KEY=VALUE", help=label_help)
     p.set_defaults(handler=cmd_gc)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import aiodocker
 import anyio
@@ -20,11 +21,13 @@ import anyio
 from openhands_rt.bundle import Bundle, BundleError, make_bundle
 from openhands_rt.bundle.layout import MANIFEST
 from openhands_rt.bundle.make import plugin_bundle_requirements
+from openhands_rt.bundle.prune import remove_bundles, stale_bundles
 from openhands_rt.config import SandboxConfig
 from openhands_rt.docker.engine import NotFound, translated
 from openhands_rt.errors import SandboxError
+from openhands_rt.image.cache import cache_dir
 
-__all__ = ["check_image", "mounted_image", "runtime_bundle"]
+__all__ = ["check_image", "mounted_image", "prune_bundles", "runtime_bundle"]
 
 _found: dict[tuple[tuple[str, tuple[str, ...]], ...], Bundle] = {}
 _found_lock = threading.Lock()
@@ -76,3 +79,26 @@ async def runtime_bundle(config: SandboxConfig, *, report: Callable[[str], None]
     if not known:
         report("preparing the runtime bundle (made once per host and source version)")
     return await anyio.to_thread.run_sync(_find_or_make, config)
+
+
+async def prune_bundles(docker: aiodocker.Docker, *, root: Path | None = None) -> list[Path]:
+    """Remove the bundles under ``root`` (default: the cache's) that no container mounts,
+    running or stopped, except those this process uses; the ones removed.
+
+    A bundle removed here is made again (seconds) by the next sandbox that needs it.
+    """
+    root = root or cache_dir("bundles")
+    with translated():
+        containers = await docker.containers.list(all=True)
+    in_use = [
+        str(mount.get("Source", ""))
+        for container in containers
+        for mount in (container._container.get("Mounts") or [])
+    ]
+    with _found_lock:
+        keep = [bundle.path for bundle in _found.values()]
+
+    def prune() -> list[Path]:
+        return remove_bundles(root, stale_bundles(root, keep=keep, in_use=in_use))
+
+    return await anyio.to_thread.run_sync(prune)
