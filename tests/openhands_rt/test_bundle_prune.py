@@ -45,7 +45,8 @@ def test_a_bundle_being_made_is_left_alone(tmp_path: Path) -> None:
     with open(tmp_path / "old.lock", "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a maker (another process) works on key "old"
         assert remove_bundles(tmp_path, [old, making]) == []
-    assert old.exists() and making.exists()
+    assert old.exists()
+    assert making.exists()
     assert remove_bundles(tmp_path, [old, making]) == [old, making]
 
 
