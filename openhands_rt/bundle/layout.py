@@ -3,13 +3,15 @@
 A bundle is a directory, mounted read-only at :data:`BUNDLE_MOUNT` in a
 container made from any Linux image::
 
-    bin/python3            the host's interpreter binary
+    bin/python3            an interpreter of the host's (the system's, of the running
+                           version, where there is one: openhands_rt.bundle.interpreter)
     bin/bash               a static bash (Debian's bash-static): the session's shell
     lib/                   the dynamic loader, libpython and every library they need
     lib/python3.X/         the standard library, pruned, with its bytecode
-    lib/python3.X/site-packages/
+    lib/python3.X/site-packages/ (Debian's interpreter: lib/python3/dist-packages/)
                            events, container_server and their dependencies (and the
-                           plugins' requirements), compiled
+                           plugins' requirements), compiled: where that interpreter's
+                           site module looks under its prefix
     bundle.json            the manifest (:class:`Manifest`), written last
 
 The server runs through the bundle's own loader with ``--library-path`` (the
@@ -50,7 +52,7 @@ __all__ = [
 #: Where the bundle is mounted in the sandbox (read-only).
 BUNDLE_MOUNT = "/.openhands-rt"
 #: Raised when the layout changes, so old bundles are never reused for a new layout.
-BUNDLE_FORMAT = 2
+BUNDLE_FORMAT = 3
 MANIFEST = "bundle.json"
 
 #: Standard library parts the server never imports.
@@ -64,6 +66,7 @@ _PRUNED_DIRS = frozenset(
         "ensurepip",
         "lib2to3",
         "site-packages",
+        "dist-packages",
         "pydoc_data",
         "__phello__",
     }

@@ -23,8 +23,6 @@ import logging
 import os
 import shutil
 import stat
-import sys
-import sysconfig
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from pathlib import Path
 
 from openhands_rt.bundle.elf import resolve
 from openhands_rt.bundle.errors import BundleError
+from openhands_rt.bundle.interpreter import Interpreter, find_interpreter
 from openhands_rt.bundle.layout import (
     BUNDLE_MOUNT,
     MANIFEST,
@@ -138,6 +137,7 @@ def plugin_bundle_requirements(
 def make_bundle(
     *,
     requirements: Sequence[str] = (),
+    python: Path | None = None,
     bash: Path | None = None,
     project: ProjectFiles | None = None,
     root: Path | None = None,
@@ -146,6 +146,8 @@ def make_bundle(
 
     ``requirements``: more to bundle than the server's own requirements (the
     plugins', :func:`plugin_bundle_requirements`), each installed on this host;
+    ``python``: the interpreter to carry (default: :func:`find_interpreter`'s
+    choice, of the running interpreter's version);
     ``bash``: the static bash (default: :func:`find_static_bash`);
     ``project``: our source checkout (default: :func:`find_project`);
     ``root``: where bundles live (default: ``cache_dir("bundles")``).
@@ -157,11 +159,11 @@ def make_bundle(
     extra = tuple(sorted(set(requirements)))
     roots += list(extra)
     distributions = closure(roots, installed, current_environment())
-    python = Path(sys.executable).resolve()
+    interpreter = find_interpreter(python)
     inputs = BundleInputs(
         source_hash=dir_hash(project.source_dirs),
-        python_path=str(python),
-        python_version=sys.version,
+        python_path=str(interpreter.path),
+        python_version=interpreter.version,
         distributions=tuple(f"{d.name}=={d.version}" for d in distributions),
         bash_sha256=hashlib.sha256(bash.read_bytes()).hexdigest(),
         requirements=extra,
@@ -178,7 +180,9 @@ def make_bundle(
             return existing
         work = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=root))
         try:
-            manifest = _build(work, key, python, bash, distributions, project, requirements=extra)
+            manifest = _build(
+                work, key, interpreter, bash, distributions, project, requirements=extra
+            )
             try:
                 os.rename(work, final)
             except OSError as exc:
@@ -215,21 +219,22 @@ def _locked(lock_path: Path) -> Iterator[None]:
 def _build(
     work: Path,
     key: str,
-    python: Path,
+    interpreter: Interpreter,
     bash: Path,
     distributions: Sequence[Distribution],
     project: ProjectFiles,
     *,
     requirements: Sequence[str],
 ) -> Manifest:
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    version = interpreter.short
     (work / "bin").mkdir()
     (work / "lib").mkdir()
-    shutil.copy2(python, work / "bin" / "python3")
+    shutil.copy2(interpreter.path, work / "bin" / "python3")
     shutil.copy2(bash, work / "bin" / "bash")
     stdlib = work / "lib" / f"python{version}"
-    _copy_stdlib(Path(sysconfig.get_path("stdlib")), stdlib)
-    site = stdlib / "site-packages"
+    _copy_stdlib(interpreter.stdlib, stdlib)
+    # Where the interpreter's own site module looks (a plugin's kernel runs with site).
+    site = work / interpreter.site
     for distribution in distributions:
         for relative, source in distribution_files(distribution.name):
             _copy(source, site / relative)
@@ -239,7 +244,9 @@ def _build(
     site_path = site.relative_to(work).as_posix()
     compiled = compileall.compile_dir(
         site, quiet=2, ddir=f"{BUNDLE_MOUNT}/{site_path}", workers=1
-    ) and compileall.compile_dir(stdlib, quiet=2, workers=1)
+    ) and compileall.compile_dir(
+        stdlib, quiet=2, ddir=f"{BUNDLE_MOUNT}/lib/python{version}", workers=1
+    )
     if not compiled:
         raise BundleError("byte-compiling the bundle failed (a syntax error in a copied file?)")
     loader, dropped = _copy_libraries(work, stdlib, site)
@@ -292,7 +299,7 @@ def _copy_libraries(work: Path, stdlib: Path, site: Path) -> tuple[str, list[str
     for file, needed in needs.items():
         missing = [n.name for n in needed if n.path is None]
         if missing and Path(file) == interpreter:
-            raise BundleError(f"{sys.executable} needs {', '.join(missing)}, which is not found")
+            raise BundleError(f"{interpreter} needs {', '.join(missing)}, which is not found")
         if missing:
             logger.info("bundle: dropping %s (needs %s)", file, ", ".join(missing))
             dropped.append(Path(file).relative_to(work).as_posix())
@@ -306,7 +313,7 @@ def _copy_libraries(work: Path, stdlib: Path, site: Path) -> tuple[str, list[str
             if library.loader:
                 loader = library.name
     if loader is None:
-        raise BundleError(f"ldd named no dynamic loader for {sys.executable}")
+        raise BundleError(f"ldd named no dynamic loader for {interpreter}")
     libc = next((path for name, path in wanted.items() if name.startswith("libc.so")), None)
     for name in _DLOPENED_BY_LIBC:
         if libc is not None and (Path(libc).parent / name).exists():

@@ -73,18 +73,24 @@ def plugin_build(base_image: str, test_repository: str, test_labels: dict[str, s
     )
 
 
-def config(
-    request: pytest.FixtureRequest, labels: dict[str, str], *plugins: PluginRequirement
-) -> SandboxConfig:
+ImageChoice = dict[str, str]
+
+
+def image_choice(request: pytest.FixtureRequest) -> ImageChoice:
     """In build mode the image built with the plugins; in mount mode the base image as it
-    is, the plugins' requirements bundled from this host's environment."""
+    is, the plugins' requirements bundled from this host's environment. (Resolved in a
+    synchronous fixture: the image fixtures run their own event loop.)"""
     if request.param == "mount":
-        image = {
+        return {
             "runtime_mode": "mount",
             "base_container_image": request.getfixturevalue("base_image"),
         }
-    else:
-        image = {"runtime_container_image": request.getfixturevalue("plugin_build").image}
+    return {"runtime_container_image": request.getfixturevalue("plugin_build").image}
+
+
+def config(
+    image: ImageChoice, labels: dict[str, str], *plugins: PluginRequirement
+) -> SandboxConfig:
     return SandboxConfig(
         **image,  # type: ignore[arg-type]
         labels=dict(labels),
@@ -100,15 +106,20 @@ def kernel_python(rt: DockerRuntime) -> str:
 
 
 @pytest.fixture(params=RUNTIME_MODES)
-def mode(request: pytest.FixtureRequest) -> pytest.FixtureRequest:
-    return request
+def image(request: pytest.FixtureRequest) -> ImageChoice:
+    return image_choice(request)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module", params=RUNTIME_MODES)
+@pytest.fixture(scope="module", params=RUNTIME_MODES)
+def jupyter_image(request: pytest.FixtureRequest) -> ImageChoice:
+    return image_choice(request)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def jupyter(
-    request: pytest.FixtureRequest, test_labels: dict[str, str]
+    jupyter_image: ImageChoice, test_labels: dict[str, str]
 ) -> AsyncIterator[DockerRuntime]:
-    cfg = config(request, test_labels, JupyterRequirement())
+    cfg = config(jupyter_image, test_labels, JupyterRequirement())
     session_id = "jpy" + uuid.uuid4().hex[:10]
     async with EventStream() as stream, DockerRuntime(stream, cfg, session_id=session_id) as rt:
         yield rt
@@ -144,10 +155,10 @@ async def test_plugins_enter_the_image_and_its_lock_tag(
 
 
 async def test_third_party_plugin_in_the_container(
-    mode: pytest.FixtureRequest, test_labels: dict[str, str]
+    image: ImageChoice, test_labels: dict[str, str]
 ) -> None:
     async with EventStream() as stream:
-        cfg = config(mode, test_labels, SHOUT)
+        cfg = config(image, test_labels, SHOUT)
         async with DockerRuntime(stream, cfg, session_id="shout" + uuid.uuid4().hex[:10]) as rt:
             obs = await rt.run(IPythonRunCellAction("import this"))
             assert isinstance(obs, IPythonRunCellObservation)
@@ -161,7 +172,7 @@ async def test_third_party_plugin_in_the_container(
                 "working_dir": "/workspace",
             }
             if cfg.runtime_mode == "mount":  # bundled: its metadata is in the bundle
-                metadata = f"{BUNDLE_MOUNT}/lib/python3.*/site-packages/oh_shout_plugin-*/METADATA"
+                metadata = f"{BUNDLE_MOUNT}/lib/python3*/*-packages/oh_shout_plugin-*/METADATA"
                 version = await rt.run(CmdRunAction(f"sed -n 's/^Version: //p' {metadata}"))
             else:
                 version = await rt.run(
