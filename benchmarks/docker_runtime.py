@@ -14,6 +14,7 @@ Every container carries a run label and everything carrying it is removed at the
 end, also after a failure or Ctrl-C; the last line checks that none is left.
 
 Run: uv run python benchmarks/docker_runtime.py [--starts 7] [--n 1000] [--concurrency 10 30]
+     [--mode build|mount]
 Needs a running Docker engine and the base image (openhands-rt base-image bootstrap).
 """
 
@@ -62,13 +63,20 @@ def p50_p90_ms(samples_s: Sequence[float]) -> str:
 class Bench:
     """Makes labelled sandbox configs and session ids for one benchmark run."""
 
-    def __init__(self, image: str) -> None:
+    def __init__(self, image: str, *, mode: str = "build") -> None:
         self.image = image
+        self.mode = mode
         self._count = 0
 
     def config(self, **overrides: Any) -> SandboxConfig:
+        # build: the runtime image; mount: the base image as it is, the bundle mounted.
+        where: dict[str, Any] = (
+            {"runtime_mode": "mount", "base_container_image": self.image}
+            if self.mode == "mount"
+            else {"runtime_container_image": self.image}
+        )
         kwargs: dict[str, Any] = {
-            "runtime_container_image": self.image,
+            **where,
             "labels": {RUN_LABEL: RUN_ID},
             "timeout": 60.0,
             "no_change_timeout": 30.0,
@@ -258,12 +266,16 @@ async def engine_runtimes() -> set[str]:
 
 async def bench_all(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
-    result = await build_runtime_image(args.base_image)
-    print(
-        f"runtime image               {result.image} (build step {result.build_from!r}, "
-        f"{time.perf_counter() - t0:.2f} s)"
-    )
-    bench = Bench(result.image)
+    if args.mode == "mount":
+        bench = Bench(args.base_image, mode="mount")
+        print(f"mount mode                  {args.base_image} as it is, the runtime bundle mounted")
+    else:
+        result = await build_runtime_image(args.base_image)
+        print(
+            f"runtime image               {result.image} (build step {result.build_from!r}, "
+            f"{time.perf_counter() - t0:.2f} s)"
+        )
+        bench = Bench(result.image)
     print(f"cold start (runc)           {p50_p90_ms(await cold_starts(bench, args.starts))}")
     print(f"echo hi (runc)              {percentiles_ms(await echo_latency(bench, args.n))}")
     if args.runsc and "runsc" in await engine_runtimes():
@@ -300,4 +312,10 @@ if __name__ == "__main__":
     parser.add_argument("--n", type=int, default=1000, help="echo hi round trips to time")
     parser.add_argument("--concurrency", type=int, nargs="*", default=[10, 30])
     parser.add_argument("--no-runsc", dest="runsc", action="store_false")
+    parser.add_argument(
+        "--mode",
+        choices=("build", "mount"),
+        default="build",
+        help="runtime mode: the built runtime image, or the base image with the bundle mounted",
+    )
     asyncio.run(main(parser.parse_args()))
