@@ -45,7 +45,7 @@ import zmq
 import zmq.asyncio
 
 from container_server.chunks import ChunkCoalescer
-from container_server.interpreter import python_command
+from container_server.interpreter import python_command, python_executable
 from container_server.jupyter_kernel import (
     KERNEL_SETUP_VARIABLE,
     Exited,
@@ -115,12 +115,14 @@ class JupyterPlugin(Plugin):
         chunk_interval: float = 0.05,
         max_output_chars: int = 30_000,
     ) -> None:
-        # The argv prefix that starts the kernel's interpreter (the server's own by default).
+        # The argv prefix that starts the kernel's interpreter (the server's own by default),
+        # and the interpreter's path as the agent can run it (the trailer names it).
         if python is None:
             self._python = python_command()
+            self.python_interpreter_path = python_executable()
         else:
             self._python = [python] if isinstance(python, str) else list(python)
-        self.python_interpreter_path = self._python[-1]
+            self.python_interpreter_path = self._python[-1]
         self._default_timeout = default_timeout
         self._interrupt_grace = interrupt_grace
         self._start_timeout = start_timeout

@@ -3,8 +3,11 @@
 A bundle is a directory, mounted read-only at :data:`BUNDLE_MOUNT` in a
 container made from any Linux image::
 
-    bin/python3            an interpreter of the host's (the system's, of the running
+    libexec/python3        an interpreter of the host's (the system's, of the running
                            version, where there is one: openhands_rt.bundle.interpreter)
+    bin/python3            a script (run by the static bash) that starts it through the
+                           bundle's loader: the interpreter as agents and the kernel's
+                           ``sys.executable`` see it, runnable on any image
     bin/bash               a static bash (Debian's bash-static): the session's shell
     lib/                   the dynamic loader, libpython and every library they need
     lib/python3.X/         the standard library, pruned, with its bytecode
@@ -20,6 +23,10 @@ the agent's commands use the image's binaries). ``-I`` keeps it isolated (no
 environment variable, no working directory, no user site on its path) and
 ``-S`` skips ``site``; the launcher's ``-c`` puts ``site-packages`` on the path.
 
+Where the loader takes ``--argv0`` (glibc 2.33 on), the interpreter is told that
+it is ``bin/python3``: its ``sys.executable``, which the agent's code starts
+again (``subprocess``, ``multiprocessing``), is the script that works.
+
 A plugin's own interpreter (the IPython kernel) runs the agent's code, so it is
 started by :func:`python_command` without ``-I -S``: the interpreter then finds
 its prefix (the bundle) from its own path and ``site`` adds ``site-packages``,
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 
@@ -45,6 +53,7 @@ __all__ = [
     "bundle_key",
     "keeps_extension",
     "keeps_stdlib_file",
+    "launcher_script",
     "python_command",
     "server_command",
 ]
@@ -52,7 +61,7 @@ __all__ = [
 #: Where the bundle is mounted in the sandbox (read-only).
 BUNDLE_MOUNT = "/.openhands-rt"
 #: Raised when the layout changes, so old bundles are never reused for a new layout.
-BUNDLE_FORMAT = 3
+BUNDLE_FORMAT = 4
 MANIFEST = "bundle.json"
 
 #: Standard library parts the server never imports.
@@ -111,6 +120,10 @@ class Manifest:
     bash: str
     python_version: str
     site: str
+    #: The script that runs the interpreter through the loader (any image, any caller).
+    launcher: str = "bin/python3"
+    #: Whether the loader takes ``--argv0`` (then ``sys.executable`` is the launcher).
+    argv0: bool = False
     distributions: list[str] = field(default_factory=list)
     #: Extension modules left out because a library they need is not on the host.
     dropped: list[str] = field(default_factory=list)
@@ -199,8 +212,21 @@ def python_command(
     root = _root(mount)
     return [
         f"{root}/{manifest.loader}",
+        *(["--argv0", f"{root}/{manifest.launcher}"] if manifest.argv0 else []),
         "--library-path",
         f"{root}/lib",
         f"{root}/{manifest.python}",
         *(["-I", "-S"] if isolated else []),
     ]
+
+
+def launcher_script(manifest: Manifest, *, mount: str = BUNDLE_MOUNT) -> str:
+    """``bin/python3``: the interpreter for anyone in the sandbox, through the loader.
+
+    Run by the bundle's static bash (the image may have no shell), so the
+    bundle works only at ``mount``; the loader's library path reaches no
+    process the interpreter starts.
+    """
+    root = _root(mount)
+    command = " ".join(shlex.quote(arg) for arg in python_command(manifest, mount=root))
+    return f'#!{root}/{manifest.bash}\nexec {command} "$@"\n'

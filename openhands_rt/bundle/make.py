@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from openhands_rt.bundle.layout import (
     Manifest,
     bundle_key,
     keeps_stdlib_file,
+    launcher_script,
     python_command,
     server_command,
 )
@@ -227,9 +229,9 @@ def _build(
     requirements: Sequence[str],
 ) -> Manifest:
     version = interpreter.short
-    (work / "bin").mkdir()
-    (work / "lib").mkdir()
-    shutil.copy2(interpreter.path, work / "bin" / "python3")
+    for directory in ("bin", "lib", "libexec"):
+        (work / directory).mkdir()
+    shutil.copy2(interpreter.path, work / "libexec" / "python3")
     shutil.copy2(bash, work / "bin" / "bash")
     stdlib = work / "lib" / f"python{version}"
     _copy_stdlib(interpreter.stdlib, stdlib)
@@ -250,10 +252,10 @@ def _build(
     if not compiled:
         raise BundleError("byte-compiling the bundle failed (a syntax error in a copied file?)")
     loader, dropped = _copy_libraries(work, stdlib, site)
-    _make_readable(work)
     manifest = Manifest(
         key=key,
-        python="bin/python3",
+        python="libexec/python3",
+        argv0=_takes_argv0(work / "lib" / loader),
         loader=f"lib/{loader}",
         bash="bin/bash",
         python_version=version,
@@ -262,6 +264,10 @@ def _build(
         dropped=dropped,
         requirements=list(requirements),
     )
+    launcher = work / manifest.launcher
+    launcher.write_text(launcher_script(manifest), encoding="utf-8")
+    launcher.chmod(0o755)
+    _make_readable(work)
     (work / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
     return manifest
 
@@ -290,7 +296,7 @@ def _copy_libraries(work: Path, stdlib: Path, site: Path) -> tuple[str, list[str
     Returns the loader's file name and the extension modules dropped because a
     library they need is not on this host (Tk's, say).
     """
-    interpreter = work / "bin" / "python3"
+    interpreter = work / "libexec" / "python3"
     extensions = sorted([*stdlib.glob("lib-dynload/*.so"), *site.rglob("*.so")])
     needs = resolve([interpreter, *extensions])
     wanted: dict[str, str] = {}
@@ -321,6 +327,17 @@ def _copy_libraries(work: Path, stdlib: Path, site: Path) -> tuple[str, list[str
     for name, path in sorted(wanted.items()):
         shutil.copy2(path, work / "lib" / name)  # follows symlinks: the real file
     return loader, sorted(dropped)
+
+
+def _takes_argv0(loader: Path) -> bool:
+    """Whether the dynamic loader has ``--argv0`` (glibc 2.33 and later)."""
+    try:
+        done = subprocess.run(
+            [str(loader), "--help"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--argv0" in done.stdout
 
 
 def _make_readable(work: Path) -> None:

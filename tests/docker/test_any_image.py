@@ -198,3 +198,19 @@ async def test_jupyter_on_an_image_without_python(
         again = await rt.run(IPythonRunCellAction("print(x + 1)"))
         assert isinstance(again, IPythonRunCellObservation), again
         assert again.content.splitlines()[0] == "43"
+        # The interpreter the trailer names, and the kernel's sys.executable, run again:
+        # from the agent's shell, and from the agent's code (subprocess).
+        launcher = f"{BUNDLE_MOUNT}/bin/python3"
+        assert f"[Jupyter Python interpreter: {launcher}]" in again.content
+        shell = await sh(rt, f"{launcher} -c 'import sys; print(sys.executable, 6 * 7)'")
+        assert shell.content.strip() == f"{launcher} 42"
+        child = await rt.run(
+            IPythonRunCellAction(
+                "import subprocess\n"
+                "done = subprocess.run([sys.executable, '-c', 'print(6 * 7)'], "
+                "capture_output=True, text=True)\n"
+                "print(sys.executable, done.stdout.strip(), done.returncode)"
+            )
+        )
+        assert isinstance(child, IPythonRunCellObservation), child
+        assert child.content.splitlines()[0] == f"{launcher} 42 0"

@@ -18,6 +18,7 @@ from openhands_rt.bundle.layout import (
     bundle_key,
     keeps_extension,
     keeps_stdlib_file,
+    launcher_script,
     python_command,
 )
 from openhands_rt.bundle.requirements import Distribution, closure
@@ -110,6 +111,24 @@ def test_the_launcher_runs_the_server_through_the_bundles_loader_isolated() -> N
     assert argv[10] == "--python-command"
     assert json.loads(argv[11]) == python_command(MANIFEST) == argv[:4]
     compile(argv[7], "<bootstrap>", "exec")
+
+
+def test_a_loader_with_argv0_names_the_launcher_as_the_executable() -> None:
+    manifest = dataclasses.replace(MANIFEST, argv0=True)
+    assert python_command(manifest) == [
+        f"{BUNDLE_MOUNT}/lib/ld-linux-x86-64.so.2",
+        "--argv0",
+        f"{BUNDLE_MOUNT}/bin/python3",
+        "--library-path",
+        f"{BUNDLE_MOUNT}/lib",
+        f"{BUNDLE_MOUNT}/bin/python3",
+    ]
+    script = launcher_script(dataclasses.replace(manifest, python="libexec/python3"))
+    assert script == (
+        f"#!{BUNDLE_MOUNT}/bin/bash\n"
+        f"exec {BUNDLE_MOUNT}/lib/ld-linux-x86-64.so.2 --argv0 {BUNDLE_MOUNT}/bin/python3 "
+        f'--library-path {BUNDLE_MOUNT}/lib {BUNDLE_MOUNT}/libexec/python3 "$@"\n'
+    )
 
 
 def test_the_launcher_follows_the_mount_point() -> None:

@@ -20,7 +20,7 @@ import pytest
 
 from openhands_rt.bundle import Bundle, make_bundle
 from openhands_rt.bundle.elf import resolve
-from openhands_rt.bundle.layout import MANIFEST
+from openhands_rt.bundle.layout import BUNDLE_MOUNT, MANIFEST
 
 
 class Made(NamedTuple):
@@ -71,7 +71,8 @@ def test_the_bundle_holds_its_interpreter_libraries_and_shell(
         assert (lib / name).is_file()
         assert not (lib / name).is_symlink()
     # Everything the interpreter links (libpython, where it is not built in) is here.
-    needed = resolve([bundle.path / "bin" / "python3"])[str(bundle.path / "bin" / "python3")]
+    binary = bundle.path / bundle.manifest.python
+    needed = resolve([binary])[str(binary)]
     assert needed
     assert all((lib / library.name).is_file() for library in needed), needed
     stdlib = lib / f"python{bundle.manifest.python_version}"
@@ -119,7 +120,10 @@ def test_the_plugins_interpreter_finds_the_bundles_packages_by_itself(
 ) -> None:
     # A kernel's interpreter: not isolated, so site finds site-packages from the prefix.
     bundle = made[0][0]
-    code = "import sys, aiohttp; print(sys.prefix); print(aiohttp.__file__); print(sys.path[0])"
+    code = (
+        "import sys, aiohttp; print(sys.prefix); print(aiohttp.__file__); print(sys.path[0]); "
+        "print(sys.executable)"
+    )
     done = subprocess.run(
         [*bundle.python_command(mount=str(bundle.path)), "-c", code],
         capture_output=True,
@@ -130,7 +134,21 @@ def test_the_plugins_interpreter_finds_the_bundles_packages_by_itself(
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    prefix, aiohttp_file, first = done.stdout.split("\n")[:3]
+    prefix, aiohttp_file, first, executable = done.stdout.split("\n")[:4]
     assert prefix == str(bundle.path)
     assert aiohttp_file.startswith(str(bundle.path / bundle.manifest.site))
     assert first == ""  # the working directory, as for any `python -c`
+    # What the agent's code starts again: the launcher (where the loader can say so).
+    assert bundle.manifest.argv0  # glibc 2.36 here
+    assert executable == str(bundle.path / bundle.manifest.launcher)
+
+
+@pytest.mark.timeout(120)
+def test_the_launcher_is_a_script_for_the_bundles_mount_point(made: Made) -> None:
+    bundle = made[0][0]
+    script = (bundle.path / bundle.manifest.launcher).read_text()
+    first, command = script.splitlines()
+    assert first == f"#!{BUNDLE_MOUNT}/bin/bash"
+    assert command.startswith(f"exec {BUNDLE_MOUNT}/lib/ld-linux")
+    assert command.endswith(f' {BUNDLE_MOUNT}/libexec/python3 "$@"')
+    assert os.access(bundle.path / bundle.manifest.launcher, os.X_OK)
