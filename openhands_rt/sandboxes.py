@@ -168,7 +168,7 @@ async def reap_orphans(
             continue
         try:
             with translated():
-                await docker.containers.container(sandbox.id).delete(force=True)
+                await docker.containers.container(sandbox.id).delete(force=True, v=True)
         except NotFound:
             continue  # removed by someone else meanwhile
         except EngineError as exc:

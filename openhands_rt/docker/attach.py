@@ -63,7 +63,7 @@ class AttachingRuntime(EventStreamRuntime):
         self._leases.hold(rundir.run_dir_of(info))
         if not info["State"].get("Running"):
             with translated():
-                await container.delete(force=True)
+                await container.delete(force=True, v=True)
             self._leases.release()
             return None
         api_key = rundir.key_of(info, name=self.container_name)

@@ -106,7 +106,7 @@ async def remove(container: Any) -> None:
     with anyio.CancelScope(shield=True):
         try:
             with translated():
-                await container.delete(force=True)
+                await container.delete(force=True, v=True)
         except EngineError as exc:
             logger.debug("removing %s: %s", getattr(container, "id", container), exc)
 

@@ -291,6 +291,6 @@ async def _run_probe(docker: aiodocker.Docker, image: str, labels: Mapping[str, 
     finally:
         try:
             with translated():
-                await container.delete(force=True)
+                await container.delete(force=True, v=True)
         except EngineError as exc:
             logger.warning("cannot remove probe container %s: %s", container.id, exc.message)

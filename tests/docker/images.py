@@ -18,7 +18,7 @@ import io
 import os
 import subprocess
 import tarfile
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import aiodocker
@@ -82,9 +82,15 @@ def _label_change(labels: Mapping[str, str]) -> str:
 
 
 async def make_busybox_image(
-    docker: aiodocker.Docker, *, tag: str, labels: Mapping[str, str]
+    docker: aiodocker.Docker,
+    *,
+    tag: str,
+    labels: Mapping[str, str],
+    changes: Sequence[str] = (),
 ) -> str:
-    """Import :func:`busybox_tar` as ``openhands-rt-test/busybox:<tag>``; its name."""
+    """Import :func:`busybox_tar` as ``openhands-rt-test/busybox:<tag>``; its name.
+
+    ``changes``: more Dockerfile instructions for the import (``VOLUME /data``)."""
     data = busybox_tar()
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -96,7 +102,7 @@ async def make_busybox_image(
         chunks(),
         repository=repository,
         tag=tag,
-        changes=[_label_change(labels), "ENV PATH=/bin"],
+        changes=[_label_change(labels), "ENV PATH=/bin", *changes],
     )
     return f"{repository}:{tag}"
 

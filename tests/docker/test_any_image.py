@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiodocker.exceptions import DockerError
+from images import make_busybox_image, remove_image
 from support import session_id, sh
 
 from events import (
@@ -29,6 +31,7 @@ from events import (
 )
 from openhands_rt import DockerRuntime, JupyterRequirement, SandboxConfig
 from openhands_rt.bundle import BUNDLE_MOUNT
+from openhands_rt.docker_client import open_docker
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 
@@ -214,3 +217,27 @@ async def test_jupyter_on_an_image_without_python(
         )
         assert isinstance(child, IPythonRunCellObservation), child
         assert child.content.splitlines()[0] == f"{launcher} 42 0"
+
+
+async def test_an_image_that_declares_a_volume_leaves_no_volume_behind(
+    stream: EventStream, test_labels: dict[str, str], test_run_id: str
+) -> None:
+    # Any image may declare VOLUMEs (databases do): Docker gives each container an
+    # anonymous volume for them, which removing the sandbox must remove too.
+    async with open_docker() as docker:
+        image = await make_busybox_image(
+            docker, tag=f"{test_run_id}-volume", labels=test_labels, changes=["VOLUME /data"]
+        )
+        try:
+            config = mounted(image, test_labels)
+            async with DockerRuntime(stream, config, session_id=session_id()) as rt:
+                there = await sh(rt, "test -d /data && echo there")
+                assert there.content.strip() == "there"
+                shown = await (await docker.containers.get(rt.container_name)).show()
+                volumes = [m["Name"] for m in shown["Mounts"] if m.get("Type") == "volume"]
+                assert len(volumes) == 1, shown["Mounts"]
+            with pytest.raises(DockerError) as gone:
+                await docker.volumes.get(volumes[0])
+            assert gone.value.status == 404
+        finally:
+            await remove_image(image)
