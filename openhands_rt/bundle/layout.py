@@ -61,7 +61,7 @@ __all__ = [
 #: Where the bundle is mounted in the sandbox (read-only).
 BUNDLE_MOUNT = "/.openhands-rt"
 #: Raised when the layout changes, so old bundles are never reused for a new layout.
-BUNDLE_FORMAT = 4
+BUNDLE_FORMAT = 5
 MANIFEST = "bundle.json"
 
 #: Standard library parts the server never imports.

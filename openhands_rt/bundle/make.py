@@ -73,8 +73,17 @@ logger = logging.getLogger(__name__)
 
 #: Where Debian's ``bash-static`` puts its binary.
 BASH_STATIC_CANDIDATES = ("/bin/bash-static", "/usr/bin/bash-static")
-#: glibc loads it itself (thread cancellation unwinds through it): ldd never names it.
-_DLOPENED_BY_LIBC = ("libgcc_s.so.1",)
+#: glibc loads these itself, so ldd never names them: libgcc_s (thread cancellation
+#: unwinds through it), and the name-service modules an image's /etc/nsswitch.conf may
+#: name (``passwd: compat``, ``systemd``). Missing from the bundle, they would be looked
+#: for in the image, whose copies belong to the image's glibc, not the bundle's.
+_DLOPENED_BY_LIBC = (
+    "libgcc_s.so.1",
+    "libnss_files.so.2",
+    "libnss_compat.so.2",
+    "libnss_dns.so.2",
+    "libnss_systemd.so.2",
+)
 
 
 @dataclass(frozen=True)
@@ -321,9 +330,17 @@ def _copy_libraries(work: Path, stdlib: Path, site: Path) -> tuple[str, list[str
     if loader is None:
         raise BundleError(f"ldd named no dynamic loader for {interpreter}")
     libc = next((path for name, path in wanted.items() if name.startswith("libc.so")), None)
-    for name in _DLOPENED_BY_LIBC:
-        if libc is not None and (Path(libc).parent / name).exists():
-            wanted.setdefault(name, str(Path(libc).parent / name))
+    if libc is not None:
+        modules = [Path(libc).parent / name for name in _DLOPENED_BY_LIBC]
+        present = [module for module in modules if module.exists()]
+        for module, needed in resolve(present).items():
+            if any(library.path is None for library in needed):
+                logger.info("bundle: leaving out %s (a library it needs is missing)", module)
+                continue
+            wanted.setdefault(Path(module).name, module)
+            for library in needed:
+                assert library.path is not None
+                wanted.setdefault(library.name, library.path)
     for name, path in sorted(wanted.items()):
         shutil.copy2(path, work / "lib" / name)  # follows symlinks: the real file
     return loader, sorted(dropped)

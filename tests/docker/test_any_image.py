@@ -241,3 +241,44 @@ async def test_an_image_that_declares_a_volume_leaves_no_volume_behind(
             assert gone.value.status == 404
         finally:
             await remove_image(image)
+
+
+NSSWITCH_COMPAT = (
+    "mkdir -p /etc && printf 'passwd: compat\\ngroup: compat\\n' > /etc/nsswitch.conf"
+    " && printf 'root:x:0:0:root:/root:/bin/sh\\nopenhands:x:1234:1234::/home/openhands:/bin/sh\\n'"
+    " > /etc/passwd && printf 'root:x:0:\\nopenhands:x:1234:\\n' > /etc/group"
+)
+
+
+async def test_the_images_name_service_configuration_is_served_by_the_bundle(
+    stream: EventStream, busybox_image: str, test_labels: dict[str, str], test_run_id: str
+) -> None:
+    # `passwd: compat` (older distributions' default) makes glibc load libnss_compat; the
+    # image has none (busybox), and another distribution's would not fit the bundle's libc.
+    async with open_docker() as docker:
+        maker = await docker.containers.create(
+            {
+                "Image": busybox_image,
+                "Entrypoint": ["/bin/sh", "-c", NSSWITCH_COMPAT],
+                "User": "0:0",
+                "Labels": dict(test_labels),
+                "HostConfig": {"NetworkMode": "none"},
+            }
+        )
+        try:
+            await maker.start()
+            assert (await maker.wait())["StatusCode"] == 0
+            repository, tag = "openhands-rt-test/busybox-nss", f"{test_run_id}-compat"
+            await maker.commit(repository=repository, tag=tag)
+        finally:
+            await maker.delete(force=True)
+        image = f"{repository}:{tag}"
+        try:
+            async with DockerRuntime(
+                stream, mounted(image, test_labels), session_id=session_id()
+            ) as rt:
+                # The server found the image's user (through compat), so added no other.
+                who = await sh(rt, "id -u; grep -c '^openhands:' /etc/passwd")
+                assert who.content.split() == ["1234", "1"]
+        finally:
+            await remove_image(image)

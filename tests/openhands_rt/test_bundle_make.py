@@ -67,7 +67,8 @@ def test_the_bundle_holds_its_interpreter_libraries_and_shell(
 ) -> None:
     bundle = made[0][0]
     lib = bundle.path / "lib"
-    for name in ("ld-linux-x86-64.so.2", "libc.so.6", "libssl.so.3"):
+    # libnss_compat: glibc loads it when an image's nsswitch.conf says `passwd: compat`.
+    for name in ("ld-linux-x86-64.so.2", "libc.so.6", "libssl.so.3", "libnss_compat.so.2"):
         assert (lib / name).is_file()
         assert not (lib / name).is_symlink()
     # Everything the interpreter links (libpython, where it is not built in) is here.
