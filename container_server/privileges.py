@@ -39,7 +39,7 @@ import pwd
 import resource
 from dataclasses import dataclass, field
 
-from events.accounts import first_free_id, renumbered, with_account
+from events.accounts import first_free_id, renumbered, with_account, with_root_account
 
 __all__ = [
     "SandboxIdentity",
@@ -127,10 +127,9 @@ def ensure_root_account(shell: str) -> list[str]:
         return []
     except KeyError:
         pass
-    passwd, group = _read_or_empty("/etc/passwd"), _read_or_empty("/etc/group")
-    passwd = f"root:x:0:0:root:/root:{shell}\n" + passwd
-    if not any(line.split(":")[0] == "root" for line in group.splitlines()):
-        group = "root:x:0:\n" + group
+    passwd, group = with_root_account(
+        _read_or_empty("/etc/passwd"), _read_or_empty("/etc/group"), shell=shell
+    )
     os.makedirs("/etc", exist_ok=True)
     _write("/etc/passwd", passwd, 0o644)
     _write("/etc/group", group, 0o644)

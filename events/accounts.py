@@ -8,7 +8,7 @@ Both must produce the same text, so both use :func:`renumbered`.
 
 from __future__ import annotations
 
-__all__ = ["first_free_id", "renumbered", "with_account"]
+__all__ = ["first_free_id", "renumbered", "with_account", "with_root_account"]
 
 
 def renumbered(text: str, name: str, new_id: int, *, fields: tuple[int, ...]) -> str:
@@ -63,4 +63,21 @@ def with_account(
     }
     if str(uid) not in gids:
         group = append(group, f"{name}:x:{uid}:")
+    return passwd, group
+
+
+def with_root_account(passwd: str, group: str, *, shell: str) -> tuple[str, str]:
+    """``passwd`` and ``group`` with root's entries (home /root) put first where missing.
+
+    For an agent that runs as root on an image without them (busybox, scratch):
+    without the entry ``whoami`` fails and Docker leaves ``HOME=/``.
+    """
+
+    def named(text: str, name: str) -> bool:
+        return any(line.split(":")[0] == name for line in text.splitlines())
+
+    if not named(passwd, "root"):
+        passwd = f"root:x:0:0:root:/root:{shell}\n" + passwd
+    if not named(group, "root"):
+        group = "root:x:0:\n" + group
     return passwd, group

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from events.accounts import first_free_id, renumbered, with_account
+from events.accounts import first_free_id, renumbered, with_account, with_root_account
 from events.wire import CHANNEL_PATH
 from openhands_rt.bundle import BUNDLE_MOUNT, Bundle
 from openhands_rt.config import SandboxConfig, check_workspace_dir
@@ -147,10 +147,6 @@ def _passwd_entry(passwd: str, username: str) -> list[str] | None:
     return None
 
 
-def _has_group(group: str, name: str) -> bool:
-    return any(line.split(":")[0] == name for line in group.splitlines())
-
-
 def writable_places(
     config: SandboxConfig,
     *,
@@ -175,8 +171,7 @@ def writable_places(
     entry = _passwd_entry(passwd, username)
     if entry is None and shell is not None:
         if config.run_as_root:
-            passwd = f"root:x:0:0:root:/root:{shell}\n" + passwd
-            group = group if _has_group(group, "root") else "root:x:0:\n" + group
+            passwd, group = with_root_account(passwd, group, shell=shell)
         else:
             uid = wanted_uid if wanted_uid is not None else first_free_id(passwd, group)
             home = f"/home/{username}"

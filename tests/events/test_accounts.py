@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from events.accounts import first_free_id, renumbered, with_account
+from events.accounts import first_free_id, renumbered, with_account, with_root_account
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n"
 GROUP = "root:x:0:\nalice:x:1000:\nstaff:x:1001:\n"
@@ -42,3 +42,12 @@ def test_a_file_without_a_final_newline_and_a_gid_in_use() -> None:
 def test_an_added_account_can_be_renumbered() -> None:
     passwd, _ = with_account("", "", "openhands", 1000, home="/h", shell="/s")
     assert "openhands:x:7:7::/h:/s" in renumbered(passwd, "openhands", 7, fields=(2, 3))
+
+
+def test_root_is_put_first_where_missing_and_kept_where_present() -> None:
+    passwd, group = with_root_account("", "", shell="/b/bash")
+    assert (passwd, group) == ("root:x:0:0:root:/root:/b/bash\n", "root:x:0:\n")
+    passwd, group = with_root_account("app:x:1:1::/app:/bin/sh\n", "app:x:1:\n", shell="/b/bash")
+    assert passwd.splitlines()[0] == "root:x:0:0:root:/root:/b/bash"
+    assert group.splitlines() == ["root:x:0:", "app:x:1:"]
+    assert with_root_account(PASSWD, GROUP, shell="/b/bash") == (PASSWD, GROUP)
