@@ -18,6 +18,7 @@ of the interpreter itself, run once with ``-I -S``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -60,9 +61,11 @@ def _site_under_lib(candidates: list[str]) -> str | None:
     return None
 
 
+@functools.cache
 def query_interpreter(path: Path) -> Interpreter:
     """Ask the interpreter at ``path`` what a bundle needs to know (:class:`BundleError`
-    when it cannot be run or answers nonsense)."""
+    when it cannot be run or answers nonsense). Asked once per process: every
+    :func:`~openhands_rt.bundle.make_bundle` call, finding its bundle made, needs it."""
     real = path.resolve()
     try:
         done = subprocess.run(

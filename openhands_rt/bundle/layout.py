@@ -56,6 +56,7 @@ __all__ = [
     "launcher_script",
     "python_command",
     "server_command",
+    "shell_path",
 ]
 
 #: Where the bundle is mounted in the sandbox (read-only).
@@ -195,10 +196,15 @@ def server_command(manifest: Manifest, *, mount: str = BUNDLE_MOUNT) -> list[str
         "-c",
         _bootstrap(f"{root}/{manifest.site}"),
         "--bash",
-        f"{root}/{manifest.bash}",
+        shell_path(manifest, mount=root),
         "--python-command",
         json.dumps(python_command(manifest, mount=root)),
     ]
+
+
+def shell_path(manifest: Manifest, *, mount: str = BUNDLE_MOUNT) -> str:
+    """The static bash's path in the sandbox, the bundle mounted at ``mount``."""
+    return f"{_root(mount)}/{manifest.bash}"
 
 
 def python_command(
@@ -229,4 +235,4 @@ def launcher_script(manifest: Manifest, *, mount: str = BUNDLE_MOUNT) -> str:
     """
     root = _root(mount)
     command = " ".join(shlex.quote(arg) for arg in python_command(manifest, mount=root))
-    return f'#!{root}/{manifest.bash}\nexec {command} "$@"\n'
+    return f'#!{shell_path(manifest, mount=root)}\nexec {command} "$@"\n'

@@ -42,6 +42,7 @@ from openhands_rt.bundle.layout import (
     launcher_script,
     python_command,
     server_command,
+    shell_path,
 )
 from openhands_rt.bundle.markers import current_environment
 from openhands_rt.bundle.requirements import (
@@ -103,7 +104,7 @@ class Bundle:
 
     def shell(self, *, mount: str = BUNDLE_MOUNT) -> str:
         """The static bash's path in the sandbox, the bundle mounted at ``mount``."""
-        return f"{mount.rstrip('/')}/{self.manifest.bash}"
+        return shell_path(self.manifest, mount=mount)
 
     def python_command(self, *, mount: str = BUNDLE_MOUNT, isolated: bool = False) -> list[str]:
         """The argv prefix that runs this bundle's interpreter mounted at ``mount``."""
@@ -252,9 +253,8 @@ def _build(
     for file in source_files(project.source_dirs):
         _copy(file.path, site / file.relative)
     # The bundle is read-only where it runs: bytecode is made here or never.
-    site_path = site.relative_to(work).as_posix()
     compiled = compileall.compile_dir(
-        site, quiet=2, ddir=f"{BUNDLE_MOUNT}/{site_path}", workers=1
+        site, quiet=2, ddir=f"{BUNDLE_MOUNT}/{interpreter.site}", workers=1
     ) and compileall.compile_dir(
         stdlib, quiet=2, ddir=f"{BUNDLE_MOUNT}/lib/python{version}", workers=1
     )
@@ -268,7 +268,7 @@ def _build(
         loader=f"lib/{loader}",
         bash="bin/bash",
         python_version=version,
-        site=site_path,
+        site=interpreter.site,
         distributions=[f"{d.name}=={d.version}" for d in distributions],
         dropped=dropped,
         requirements=list(requirements),

@@ -93,7 +93,7 @@ async def prune_bundles(docker: aiodocker.Docker, *, root: Path | None = None) -
     in_use = [
         str(mount.get("Source", ""))
         for container in containers
-        for mount in (container._container.get("Mounts") or [])
+        for mount in (container["Mounts"] or [])
     ]
     with _found_lock:
         keep = [bundle.path for bundle in _found.values()]
