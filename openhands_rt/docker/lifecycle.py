@@ -32,6 +32,7 @@ __all__ = [
     "image_files",
     "log_tail",
     "remove",
+    "require_image",
     "resolve_image",
     "wait_listening",
 ]
@@ -73,14 +74,9 @@ async def resolve_image(
     """
     if config.runtime_container_image:
         image = config.runtime_container_image
-        try:
-            with translated():
-                await docker.images.inspect(image)
-        except NotFound as exc:
-            raise SandboxError(
-                f"runtime image {image!r} does not exist locally (nothing can be pulled "
-                "here; build it with `openhands-rt build`)"
-            ) from exc
+        await require_image(
+            docker, image, what="runtime image", how="build it with `openhands-rt build`"
+        )
         return image
     from openhands_rt.image import BuildProgress, build_runtime_image
 
@@ -99,6 +95,19 @@ async def resolve_image(
     )
     built: str = result.image
     return built
+
+
+async def require_image(docker: aiodocker.Docker, image: str, *, what: str, how: str) -> None:
+    """Raise :class:`SandboxError` unless ``image`` exists in the engine: nothing is pulled.
+
+    ``what`` names the image in the message, ``how`` says how to get one."""
+    try:
+        with translated():
+            await docker.images.inspect(image)
+    except NotFound as exc:
+        raise SandboxError(
+            f"{what} {image!r} does not exist locally (nothing can be pulled here; {how})"
+        ) from exc
 
 
 async def remove(container: Any) -> None:

@@ -23,7 +23,8 @@ from openhands_rt.bundle.layout import MANIFEST
 from openhands_rt.bundle.make import plugin_bundle_requirements
 from openhands_rt.bundle.prune import remove_bundles, stale_bundles
 from openhands_rt.config import SandboxConfig
-from openhands_rt.docker.engine import NotFound, translated
+from openhands_rt.docker.engine import translated
+from openhands_rt.docker.lifecycle import require_image
 from openhands_rt.errors import SandboxError
 from openhands_rt.image.cache import cache_dir
 
@@ -40,14 +41,13 @@ def mounted_image(config: SandboxConfig) -> str:
 
 async def check_image(docker: aiodocker.Docker, image: str) -> None:
     """Raise :class:`SandboxError` unless ``image`` exists in the engine (nothing is pulled)."""
-    try:
-        with translated():
-            await docker.images.inspect(image)
-    except NotFound as exc:
-        raise SandboxError(
-            f"image {image!r} does not exist locally (nothing is pulled): make one with "
-            "`openhands-rt base-image bootstrap`, or bring it with `docker load`/`docker import`"
-        ) from exc
+    await require_image(
+        docker,
+        image,
+        what="image",
+        how="make one with `openhands-rt base-image bootstrap`, or bring it with "
+        "`docker load`/`docker import`",
+    )
 
 
 def _plugin_key(config: SandboxConfig) -> tuple[tuple[str, tuple[str, ...]], ...]:
