@@ -30,9 +30,32 @@ async def remove_labelled_containers(label: str) -> list[str]:
     async with open_docker() as docker:
         for container in await docker.containers.list(all=True, filters={"label": [label]}):
             try:
-                await container.delete(force=True)
+                await container.delete(force=True, v=True)
             except DockerError as exc:
                 if exc.status != 404:
                     raise
             removed.append(container.id[:12])
     return removed
+
+
+async def remove_labelled_images(label: str) -> int:
+    """Force-remove the containers, then the images, carrying ``label`` (``key=value``).
+
+    Images go in rounds, so that a child made FROM another goes before it;
+    returns how many could not be removed."""
+    await remove_labelled_containers(label)
+    async with open_docker() as docker:
+        filters = {"label": [label]}
+        pending = [i["Id"] for i in await docker.images.list(all=True, filters=filters)]
+        while pending:
+            left = []
+            for image_id in pending:
+                try:
+                    await docker.images.delete(image_id, force=True)
+                except DockerError as exc:
+                    if exc.status != 404:
+                        left.append(image_id)
+            if len(left) == len(pending):
+                return len(left)
+            pending = left
+    return 0

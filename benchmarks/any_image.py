@@ -53,11 +53,10 @@ from typing import Any
 import aiodocker
 import aiohttp
 import anyio
-from aiodocker.exceptions import DockerError
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _util import percentiles_ms
+from _util import percentiles_ms, remove_labelled_images
 
 from events import CmdOutputObservation, CmdRunAction, EventStream
 from openhands_rt import DockerRuntime, JupyterRequirement, SandboxConfig
@@ -299,7 +298,7 @@ async def never_seen(
                 if mode == "build":
                     await check_built_from_scratch(maker.docker, tag)
             finally:
-                await remove_images(f"{IMAGE_LABEL}={tag}")
+                await remove_labelled_images(f"{IMAGE_LABEL}={tag}")
     return samples
 
 
@@ -312,33 +311,6 @@ async def check_built_from_scratch(docker: aiodocker.Docker, tag: str) -> None:
 
 
 # ---------------------------------------------------------------------------- cleanup
-
-
-async def remove_images(label: str) -> int:
-    """Force-remove the containers and images carrying ``label``, children first.
-
-    Returns how many could not be removed."""
-    async with open_docker() as docker:
-        for container in await docker.containers.list(all=True, filters={"label": [label]}):
-            try:
-                await container.delete(force=True)
-            except DockerError as exc:
-                if exc.status != 404:
-                    raise
-        filters = {"label": [label]}
-        pending = [i["Id"] for i in await docker.images.list(all=True, filters=filters)]
-        while pending:
-            left = []
-            for image_id in pending:
-                try:
-                    await docker.images.delete(image_id, force=True)
-                except DockerError as exc:
-                    if exc.status != 404:
-                        left.append(image_id)
-            if len(left) == len(pending):
-                return len(left)
-            pending = left
-    return 0
 
 
 async def bench_all(
@@ -427,7 +399,7 @@ async def main(args: argparse.Namespace) -> None:
             logs += cache_dir("build-logs").glob(f"*{RUN_ID}*.log")
             for log in logs:
                 log.unlink(missing_ok=True)
-            stuck = await remove_images(f"{RUN_LABEL}={RUN_ID}")
+            stuck = await remove_labelled_images(f"{RUN_LABEL}={RUN_ID}")
             async with open_docker() as docker:
                 sandboxes = await list_sandboxes(docker)
                 left = await docker.images.list(

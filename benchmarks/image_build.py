@@ -26,7 +26,9 @@ import time
 import uuid
 from pathlib import Path
 
-from aiodocker.exceptions import DockerError
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _util import remove_labelled_images
 
 from openhands_rt.docker_client import open_docker
 from openhands_rt.image import DEFAULT_BASE_IMAGE, BuildResult, build_runtime_image
@@ -122,22 +124,9 @@ async def main(base_image: str, n: int) -> None:
 
 
 async def remove_images(label: str) -> None:
-    async with open_docker() as docker:
-        for container in await docker.containers.list(all=True, filters={"label": [label]}):
-            await container.delete(force=True)
-        pending = [i["Id"] for i in await docker.images.list(all=True, filters={"label": [label]})]
-        while pending:
-            left = []
-            for image_id in pending:
-                try:
-                    await docker.images.delete(image_id, force=True)
-                except DockerError as exc:
-                    if exc.status != 404:
-                        left.append(image_id)
-            if len(left) == len(pending):
-                print(f"could not remove {len(left)} benchmark images", file=sys.stderr)
-                break
-            pending = left
+    stuck = await remove_labelled_images(label)
+    if stuck:
+        print(f"could not remove {stuck} benchmark images", file=sys.stderr)
 
 
 if __name__ == "__main__":
