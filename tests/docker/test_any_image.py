@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiodocker.exceptions import DockerError
 from images import make_busybox_image, remove_image
-from support import session_id, sh
+from support import config_factory, session_id, sh
 
 from events import (
     EventStream,
@@ -76,15 +76,9 @@ def workspace(tmp_path: Path) -> Iterator[Path]:
 
 
 def mounted(image: str, labels: dict[str, str], **overrides: object) -> SandboxConfig:
-    kwargs: dict[str, object] = {
-        "runtime_mode": "mount",
-        "base_container_image": image,
-        "labels": dict(labels),
-        "no_change_timeout": 5.0,
-        "timeout": 60.0,
-    }
-    kwargs.update(overrides)
-    return SandboxConfig(**kwargs)  # type: ignore[arg-type]
+    """The suite's mount-mode config (conftest's ``make_config``) on ``image``."""
+    make = config_factory("mount", runtime_image="", base_image=image, labels=labels)
+    return make(**overrides)
 
 
 async def test_a_sandbox_on_the_image_as_it_is(
