@@ -40,6 +40,7 @@ from container_server.privileges import (
     prepare_sandbox_user,
 )
 from container_server.seccomp import install_filter
+from events.allocator import settle_allocator
 from events.wire import READY_LINE_PREFIX
 
 __all__ = ["main", "parse_args"]
@@ -225,20 +226,6 @@ def _ensure_tmp() -> None:
     if not os.path.isdir("/tmp"):
         os.makedirs("/tmp", exist_ok=True)
         os.chmod("/tmp", 0o1777)
-
-
-def settle_allocator() -> None:
-    """Let glibc's malloc serve asyncio's 256 KiB socket reads from the heap.
-
-    asyncio reads a socket into a fresh 256 KiB buffer and shrinks it to what
-    arrived. Above malloc's mmap threshold (128 KiB until the process frees a
-    larger mmap'ed block, which raises it) each such read costs an mmap, an
-    mremap and a munmap: ~40 us per frame, measured with ``strace -c``. One
-    1 MiB block allocated and freed raises the threshold the way a busier
-    process would have raised it already; elsewhere it is harmless.
-    """
-    block = bytearray(1 << 20)
-    del block
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,6 @@ reported.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import socket
@@ -32,6 +31,7 @@ from websockets.asyncio.client import ClientConnection, connect, unix_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from events import Action, Event
+from events.allocator import settle_allocator
 from events.wire import API_KEY_HEADER, CLIENT_ID_PARAM, MAX_FRAME_BYTES
 from openhands_rt.channel_core import ChannelProtocol
 from openhands_rt.errors import SandboxConnectionError
@@ -168,7 +168,7 @@ class ChannelClient:
 
     async def open(self) -> None:
         """Connect; errors here are raised to the caller (no retry)."""
-        _settle_allocator()
+        settle_allocator()
         try:
             self._ws = await self._open()
         except (OSError, InvalidHandshake, TimeoutError) as exc:
@@ -313,21 +313,6 @@ class ChannelClient:
                 await ws.send(frame)
         except ConnectionClosed:
             pass  # the reader notices, reconnects and resends everything pending
-
-
-@functools.cache
-def _settle_allocator() -> None:
-    """Let glibc's malloc serve asyncio's 256 KiB socket reads from the heap.
-
-    Every frame the channel receives is read into a fresh 256 KiB buffer that
-    asyncio shrinks to what arrived; until the process has freed one larger
-    mmap'ed block, malloc serves each with an mmap, an mremap and a munmap
-    (~40 us per frame, measured with ``strace -c``). Allocating and freeing
-    one 1 MiB block raises that threshold as a busier process would have;
-    once per process is enough.
-    """
-    block = bytearray(1 << 20)
-    del block
 
 
 def _now() -> float:
