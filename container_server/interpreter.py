@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-__all__ = ["parse_python_command", "python_command", "python_executable", "use_python_command"]
+__all__ = ["parse_python_command", "python_command", "use_python_command"]
 
 _command: tuple[str, ...] = ()
 
@@ -21,12 +21,6 @@ _command: tuple[str, ...] = ()
 def python_command() -> list[str]:
     """The argv prefix that starts an interpreter like this one (``-c``/a script follows)."""
     return list(_command) if _command else [sys.executable]
-
-
-def python_executable() -> str:
-    """This interpreter's path as anyone in the sandbox can run it: ``sys.executable``
-    (a bundle's launcher names itself so, through its loader's ``--argv0``)."""
-    return sys.executable
 
 
 def use_python_command(argv: Sequence[str]) -> None:

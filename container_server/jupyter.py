@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from typing import Final, assert_never
 
@@ -45,7 +46,7 @@ import zmq
 import zmq.asyncio
 
 from container_server.chunks import ChunkCoalescer
-from container_server.interpreter import python_command, python_executable
+from container_server.interpreter import python_command
 from container_server.jupyter_kernel import (
     KERNEL_SETUP_VARIABLE,
     Exited,
@@ -119,7 +120,8 @@ class JupyterPlugin(Plugin):
         # and the interpreter's path as the agent can run it (the trailer names it).
         if python is None:
             self._python = python_command()
-            self.python_interpreter_path = python_executable()
+            # A bundle's launcher names itself so, through its loader's --argv0.
+            self.python_interpreter_path = sys.executable
         else:
             self._python = [python] if isinstance(python, str) else list(python)
             self.python_interpreter_path = self._python[-1]
