@@ -38,6 +38,7 @@ from events.models import (
     OpenHandsEvent,
     RuntimeStatus,
     RuntimeStatusObservation,
+    SnapshotObservation,
 )
 from events.stream import EventStream, Subscription
 
@@ -65,6 +66,7 @@ __all__ = [
     "OpenHandsEvent",
     "RuntimeStatus",
     "RuntimeStatusObservation",
+    "SnapshotObservation",
     "Subscription",
     "decode_event",
     "encode_event",

@@ -27,6 +27,7 @@ from events.models import (
     IPythonRunCellObservation,
     OpenHandsEvent,
     RuntimeStatusObservation,
+    SnapshotObservation,
 )
 
 __all__ = ["EVENT_TYPES", "AnyEvent", "EventDecodeError", "decode_event", "encode_event"]
@@ -45,6 +46,7 @@ AnyEvent = (
     | FileEditObservation
     | ErrorObservation
     | RuntimeStatusObservation
+    | SnapshotObservation
     | OpenHandsEvent
 )
 
@@ -62,6 +64,7 @@ EVENT_TYPES: Final[tuple[type[Event], ...]] = (
     FileEditObservation,
     ErrorObservation,
     RuntimeStatusObservation,
+    SnapshotObservation,
     OpenHandsEvent,
 )
 

@@ -41,6 +41,7 @@ __all__ = [
     "OpenHandsEvent",
     "RuntimeStatus",
     "RuntimeStatusObservation",
+    "SnapshotObservation",
 ]
 
 
@@ -281,6 +282,23 @@ class RuntimeStatusObservation(Observation, frozen=True, tag="runtime_status"):
             )
 
 
+class SnapshotObservation(Observation, frozen=True, tag="snapshot"):
+    """The sandbox's state was recorded as snapshot ``snapshot_id`` (a runtime fact, no answer).
+
+    A snapshot holds the whole file system (the workspace included) and the
+    shell's working directory and exported environment, as they were once every
+    action before this event had been answered; a sandbox can be started from it.
+    ``content``: a line for people.
+    """
+
+    snapshot_id: str
+    content: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.snapshot_id:
+            raise ValueError("snapshot_id must not be empty")
+
+
 # --------------------------------------------------------------------------- foreign events
 
 
@@ -311,5 +329,6 @@ EventKind = Literal[
     "file_edit_output",
     "error",
     "runtime_status",
+    "snapshot",
     "openhands",
 ]

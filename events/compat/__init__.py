@@ -73,7 +73,8 @@ is integral, ``cwd`` only when set, ``success`` for command output) so that the 
 trajectories need few notes. An :class:`OpenHandsEvent` renders as its ``data``, with
 ``id``/``timestamp``/``source``/``cause`` updated if the event's fields were changed.
 
-:class:`CmdOutputChunk` and :class:`RuntimeStatusObservation` have no OpenHands form:
+:class:`CmdOutputChunk`, :class:`RuntimeStatusObservation` and :class:`SnapshotObservation`
+(runtime facts) have no OpenHands form:
 :func:`to_openhands_dict` raises ``ValueError`` for them and
 :func:`dump_openhands_trajectory` leaves them out.
 """

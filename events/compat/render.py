@@ -42,6 +42,7 @@ from events.models import (
     IPythonRunCellObservation,
     OpenHandsEvent,
     RuntimeStatusObservation,
+    SnapshotObservation,
 )
 
 __all__ = ["render", "to_openhands_dict"]
@@ -230,7 +231,7 @@ def _render(event: AnyEvent) -> dict[str, Any]:
             }
         case OpenHandsEvent():
             return _render_foreign(event)
-        case CmdOutputChunk() | RuntimeStatusObservation():
+        case CmdOutputChunk() | RuntimeStatusObservation() | SnapshotObservation():
             raise ValueError(f"{type(event).__name__} has no OpenHands form")
         case _:
             assert_never(event)

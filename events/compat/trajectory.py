@@ -9,7 +9,7 @@ from pathlib import Path
 
 from events.compat.parse import from_openhands_dict
 from events.compat.render import to_openhands_dict
-from events.models import CmdOutputChunk, Event, RuntimeStatusObservation
+from events.models import CmdOutputChunk, Event, RuntimeStatusObservation, SnapshotObservation
 
 __all__ = ["dump_openhands_trajectory", "load_openhands_trajectory"]
 
@@ -42,12 +42,13 @@ def load_openhands_trajectory(
 def dump_openhands_trajectory(events: Iterable[Event]) -> bytes:
     """Write events as an OpenHands trajectory, the way OpenHands writes it (2-space JSON).
 
-    :class:`CmdOutputChunk` and :class:`RuntimeStatusObservation` are left out: OpenHands has
-    no such events (a command's whole output is in its observation).
+    :class:`CmdOutputChunk`, :class:`RuntimeStatusObservation` and
+    :class:`SnapshotObservation` are left out: OpenHands has no such events (a command's
+    whole output is in its observation; the runtime's facts are ours).
     """
     dicts = [
         to_openhands_dict(event)
         for event in events
-        if not isinstance(event, CmdOutputChunk | RuntimeStatusObservation)
+        if not isinstance(event, CmdOutputChunk | RuntimeStatusObservation | SnapshotObservation)
     ]
     return (json.dumps(dicts, indent=2) + "\n").encode("utf-8")

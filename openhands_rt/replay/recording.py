@@ -18,9 +18,11 @@ unknown) is a :class:`RecordedStep` with its recorded observation, the first
 :class:`~events.Observation` whose ``cause`` is the action's id. Recorded
 :class:`~events.CmdOutputChunk`\\ s of runnable actions and
 :class:`~events.RuntimeStatusObservation`\\ s are *replaced*: a replay makes
-its own. Every other event (OpenHands messages, finish, agent-state changes,
-``null`` observations, actions of the environment, ...) is *carried*: a replay
-appends it as it was, never executes it.
+its own. :class:`~events.SnapshotObservation`\\ s are dropped the same way (they
+name snapshots of the recorded sandbox, not of the replay's). Every other event
+(OpenHands messages, finish, agent-state changes, ``null`` observations,
+actions of the environment, ...) is *carried*: a replay appends it as it was,
+never executes it.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from events import (
     Observation,
     OpenHandsEvent,
     RuntimeStatusObservation,
+    SnapshotObservation,
 )
 from events.codec import AnyEvent
 from events.compat import load_openhands_trajectory
@@ -119,7 +122,9 @@ class _Pairing:
                 if event.cause in self.runnable:
                     self.replaced.add(event.id)
                     self.chunks.setdefault(event.cause, []).append(event)
-            case RuntimeStatusObservation():
+            case RuntimeStatusObservation() | SnapshotObservation():
+                # Facts about the recording's sandbox, not the replay's (whose own
+                # snapshots, if any, it records itself).
                 self.replaced.add(event.id)
             case (
                 CmdRunAction()

@@ -51,6 +51,7 @@ from events import (
     IPythonRunCellObservation,
     Observation,
     RuntimeStatusObservation,
+    SnapshotObservation,
 )
 from events.ansi import strip_ansi
 from events.wire import RunnableAction
@@ -74,6 +75,7 @@ KnownObservation = (
     | FileEditObservation
     | ErrorObservation
     | RuntimeStatusObservation
+    | SnapshotObservation
 )
 
 _KNOWN_TYPES: Final = frozenset(get_args(KnownObservation))
@@ -139,7 +141,7 @@ def compare_observations(
                 if isinstance(actual, FileWriteObservation)
                 else _type_mismatch(expected, actual)
             )
-        case RuntimeStatusObservation():
+        case RuntimeStatusObservation() | SnapshotObservation():
             # Not the result of an action: nothing to compare but the type.
             return None if type(actual) is type(expected) else _type_mismatch(expected, actual)
         case _:
@@ -259,8 +261,8 @@ def _content_of(observation: Observation) -> str:
             | ErrorObservation()
         ):
             return observation.content
-        case RuntimeStatusObservation():
-            return ""  # a status, no text of a result
+        case RuntimeStatusObservation() | SnapshotObservation():
+            return ""  # a runtime fact, no text of a result
         case _:
             assert_never(observation)
 

@@ -30,6 +30,7 @@ from events import (
     OpenHandsEvent,
     RuntimeStatus,
     RuntimeStatusObservation,
+    SnapshotObservation,
     decode_event,
     encode_event,
 )
@@ -150,6 +151,9 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
     ErrorObservation: with_metadata(ErrorObservation, content=texts, error_id=texts),
     RuntimeStatusObservation: with_metadata(
         RuntimeStatusObservation, status=st.sampled_from(RuntimeStatus), message=texts
+    ),
+    SnapshotObservation: with_metadata(
+        SnapshotObservation, snapshot_id=st.text(min_size=1, max_size=40), content=texts
     ),
     OpenHandsEvent: with_metadata(
         OpenHandsEvent,
@@ -296,6 +300,7 @@ def test_known_tags_never_change() -> None:
         "file_edit_output",
         "error",
         "runtime_status",
+        "snapshot",
         "openhands",
     } == KNOWN_TAGS
 
@@ -476,6 +481,13 @@ GOLDEN_EXPECTED: list[Event] = [
         source=ENV,
     ),
     ErrorObservation("bare"),
+    SnapshotObservation(
+        "snap-4f1c2e0a9b7d6358",
+        content="snapshot of the sandbox after event 19",
+        id=20,
+        source=ENV,
+        timestamp=TS,
+    ),
 ]
 
 

@@ -32,6 +32,7 @@ from events import (
     OpenHandsEvent,
     RuntimeStatus,
     RuntimeStatusObservation,
+    SnapshotObservation,
     decode_event,
     encode_event,
 )
@@ -587,7 +588,11 @@ def test_editor_observations_say_they_come_from_the_aci_editor() -> None:
 
 @pytest.mark.parametrize(
     "event",
-    [CmdOutputChunk(1, 0, "x"), RuntimeStatusObservation(RuntimeStatus.READY)],
+    [
+        CmdOutputChunk(1, 0, "x"),
+        RuntimeStatusObservation(RuntimeStatus.READY),
+        SnapshotObservation("snap-1", source=EventSource.ENVIRONMENT),
+    ],
     ids=lambda e: type(e).__name__,
 )
 def test_events_without_an_openhands_form(event: Event) -> None:
@@ -938,5 +943,5 @@ def test_trajectory_dump_and_load_round_trip(events: list[Event]) -> None:
 def test_strategies_cover_every_type_with_an_openhands_form() -> None:
     from events.codec import EVENT_TYPES
 
-    without = {CmdOutputChunk, RuntimeStatusObservation, OpenHandsEvent}
+    without = {CmdOutputChunk, RuntimeStatusObservation, SnapshotObservation, OpenHandsEvent}
     assert set(OPENHANDS_STRATEGIES) == set(EVENT_TYPES) - without

@@ -23,6 +23,7 @@ from events import (
     Event,
     EventSource,
     EventStream,
+    SnapshotObservation,
     decode_event,
     encode_event,
 )
@@ -107,6 +108,25 @@ async def test_reopening_rehydrates_history_and_ids_continue(tmp_path: Path) -> 
         assert stream.append(sample(5)).id == 5
     async with EventStream(log_path=path) as again:
         assert [e.id for e in again.iter_events()] == list(range(6))
+
+
+async def test_a_snapshot_event_is_kept_like_any_event(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    async with EventStream(log_path=path) as stream:
+        stream.append(CmdRunAction(command="echo 1"))
+        stored = stream.append(
+            SnapshotObservation("snap-0f", content="after event 0"),
+            source=EventSource.ENVIRONMENT,
+        )
+    assert read_log(path)[1] == stored
+    async with EventStream(log_path=path) as again:
+        snapshot = again.get(1)
+        assert isinstance(snapshot, SnapshotObservation)
+        assert (snapshot.snapshot_id, snapshot.cause, snapshot.source) == (
+            "snap-0f",
+            None,
+            EventSource.ENVIRONMENT,
+        )
 
 
 async def test_an_empty_file_becomes_a_new_log(tmp_path: Path) -> None:

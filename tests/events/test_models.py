@@ -29,6 +29,7 @@ from events import (
     OpenHandsEvent,
     RuntimeStatus,
     RuntimeStatusObservation,
+    SnapshotObservation,
     decode_event,
     encode_event,
 )
@@ -111,6 +112,13 @@ def test_runtime_status_must_be_a_known_status() -> None:
     assert RuntimeStatusObservation("ready").status == RuntimeStatus.READY  # type: ignore[arg-type]
 
 
+def test_a_snapshot_names_its_snapshot() -> None:
+    with pytest.raises(ValueError, match="snapshot_id"):
+        SnapshotObservation("")
+    snapshot = SnapshotObservation("snap-1")
+    assert (snapshot.snapshot_id, snapshot.content, snapshot.cause) == ("snap-1", "", None)
+
+
 def _one_of_each() -> list[Event]:
     return [
         CmdRunAction("ls"),
@@ -126,6 +134,7 @@ def _one_of_each() -> list[Event]:
         FileEditObservation("ok", "/f"),
         ErrorObservation("boom"),
         RuntimeStatusObservation(RuntimeStatus.READY),
+        SnapshotObservation("snap-1"),
         OpenHandsEvent(kind="message", data={"action": "message"}),
     ]
 
@@ -186,6 +195,7 @@ def test_class_hierarchy() -> None:
         FileEditObservation,
         ErrorObservation,
         RuntimeStatusObservation,
+        SnapshotObservation,
     ):
         assert issubclass(observation_type, Observation)
     assert not issubclass(CmdOutputChunk, Action | Observation)

@@ -28,6 +28,7 @@ from events import (
     OpenHandsEvent,
     RuntimeStatus,
     RuntimeStatusObservation,
+    SnapshotObservation,
 )
 from events.codec import AnyEvent
 from events.log import HEADER
@@ -51,6 +52,7 @@ SAMPLES: dict[type[Event], Event] = {
     FileEditObservation: FileEditObservation("created", "a.txt", new_content="x"),
     ErrorObservation: ErrorObservation("no", error_id="file_not_found"),
     RuntimeStatusObservation: RuntimeStatusObservation(RuntimeStatus.READY),
+    SnapshotObservation: SnapshotObservation("snap-1"),
     OpenHandsEvent: OpenHandsEvent(kind="message", data={"action": "message"}),
 }
 
@@ -151,7 +153,8 @@ def test_pairing_of_every_event_type_after_a_runnable_action(kind: type[Event]) 
     if kind is CmdOutputChunk:  # replaced, kept as the action's recorded output
         assert (answer, recording.replaced) == (None, {1})
         assert recording.chunks_of(0) == [event]
-    elif kind is RuntimeStatusObservation:  # replaced: a replay reports its own status
+    elif kind in (RuntimeStatusObservation, SnapshotObservation):
+        # dropped: a replay reports its own status; a snapshot is the recorded sandbox's
         assert (answer, recording.replaced) == (None, {1})
     elif issubclass(kind, Observation):  # the action's answer
         assert (answer, recording.replaced) == (event, {1})
