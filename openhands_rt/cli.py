@@ -291,6 +291,30 @@ async def cmd_gc(args: argparse.Namespace) -> int:
             for path in bundles:
                 console.print(f"removed {path}")
             console.print(f"{len(bundles)} runtime bundle(s) no container mounts removed")
+        if args.snapshots:
+            from openhands_rt.snapshots import remove_snapshots
+
+            snapshots = await remove_snapshots(docker, labels=_labels(args.label))
+            for snapshot_id in snapshots:
+                console.print(f"removed snapshot {snapshot_id}")
+            console.print(f"{len(snapshots)} snapshot(s) removed")
+    return 0
+
+
+async def cmd_snapshots(args: argparse.Namespace) -> int:
+    import aiodocker
+    from rich.table import Table
+
+    from openhands_rt.snapshots import list_snapshots
+
+    async with aiodocker.Docker() as docker:
+        snapshots = await list_snapshots(docker, labels=_labels(args.label))
+    table = Table("snapshot", "session", "after event", "mode", "created", "directory")
+    for s in snapshots:
+        table.add_row(
+            s.snapshot_id, s.session_id, str(s.event_id), s.runtime_mode, s.created, s.directory
+        )
+    console.print(table)
     return 0
 
 
@@ -407,8 +431,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also the runtime bundles (--no-build) that no container mounts",
     )
+    p.add_argument(
+        "--snapshots",
+        action="store_true",
+        help="also every snapshot (with --label: those with the labels), whatever its "
+        "session: a snapshot outlives its sandbox, so only this removes it",
+    )
     p.add_argument("--label", action="append", metavar="KEY=VALUE", help=label_help)
     p.set_defaults(handler=cmd_gc)
+
+    p = sub.add_parser("snapshots", help="list the snapshots of sandboxes")
+    p.add_argument(
+        "--label", action="append", metavar="KEY=VALUE", help="only snapshots with this label"
+    )
+    p.set_defaults(handler=cmd_snapshots)
 
     p = sub.add_parser(
         "replay",

@@ -46,10 +46,11 @@ from typing import Any
 import aiodocker
 import anyio
 
-from events import EventStream, RuntimeStatus
+from events import EventStream, RuntimeStatus, SnapshotObservation
+from openhands_rt import snapshots
 from openhands_rt.bundle import Bundle
 from openhands_rt.config import SandboxConfig
-from openhands_rt.docker import lifecycle, mount, rundir, spec
+from openhands_rt.docker import lifecycle, mount, rundir, snapshot, spec
 from openhands_rt.docker.attach import AttachingRuntime
 from openhands_rt.docker.engine import (
     Conflict,
@@ -59,11 +60,17 @@ from openhands_rt.docker.engine import (
 )
 from openhands_rt.docker.restart import RestartBudget, restart_note
 from openhands_rt.docker.spec import CONTAINER_PREFIX
-from openhands_rt.errors import SandboxError, SandboxStartError, SessionInUseError
+from openhands_rt.errors import (
+    SandboxClosedError,
+    SandboxError,
+    SandboxStartError,
+    SessionInUseError,
+)
 from openhands_rt.leases import LeaseHolder
 from openhands_rt.plugins import check_plugins
 from openhands_rt.runtime import SandboxEndpoint
 from openhands_rt.sandboxes import LABEL_SESSION, owner_labels, reap_orphans
+from openhands_rt.snapshots import SnapshotInfo
 from openhands_rt.supervisor import Supervisor, describe_error
 
 __all__ = ["CONTAINER_PREFIX", "DockerRuntime"]
@@ -91,6 +98,7 @@ class DockerRuntime(AttachingRuntime):
         client_id: str | None = None,
         docker: aiodocker.Docker | None = None,
         auto_restart: bool | None = None,
+        snapshot: str | None = None,
     ) -> None:
         super().__init__(stream, config, session_id=session_id, client_id=client_id)
         self._docker = docker
@@ -111,6 +119,11 @@ class DockerRuntime(AttachingRuntime):
         self._etc_dir: str | None = None
         self._stopping = False
         self._leases = LeaseHolder(session_id=self.session_id, sandbox=self.container_name)
+        #: The snapshot this sandbox starts from (None: the config's image).
+        self.from_snapshot = snapshot
+        self._restore: SnapshotInfo | None = None  # found by the start; filled in once
+        self._restored = False
+        self._snapshot_lock = anyio.Lock()
 
     def _client(self) -> aiodocker.Docker:
         if self._docker is None:
@@ -163,6 +176,15 @@ class DockerRuntime(AttachingRuntime):
         def report(message: str) -> None:
             self.report_status(RuntimeStatus.BUILDING, message)
 
+        if self.from_snapshot is not None:
+            self._restore = await snapshots.snapshot_info(self._client(), self.from_snapshot)
+            # A mount-mode snapshot has no server of its own: the bundle is mounted again.
+            self._bundle = (
+                await mount.runtime_bundle(self.config, report=report)
+                if self._restore.runtime_mode == "mount"
+                else None
+            )
+            return self._restore.image
         if self.config.runtime_mode == "mount":
             image = mount.mounted_image(self.config)
             await mount.check_image(self._client(), image)
@@ -238,12 +260,15 @@ class DockerRuntime(AttachingRuntime):
                     session_id=self.session_id,
                     owner="",
                 ) from exc
+            if self._restore is not None and not self._restored:
+                await self._fill_from_snapshot(self._restore, self.container)
             with translated():
                 await self.container.start()
             await self._until_listening(self.container)
             with translated():
                 info = await self.container.show()
             endpoint = self._endpoint_from(info, api_key)
+            self._restored = self._restore is not None
         except BaseException as exc:
             logger.warning(
                 "starting %s failed (%s): removing its container and run directory",
@@ -293,6 +318,68 @@ class DockerRuntime(AttachingRuntime):
             run_dir, etc_dir = self._run_dir, self._etc_dir
             self._run_dir = self._etc_dir = None
             await anyio.to_thread.run_sync(rundir.remove_dirs, run_dir, etc_dir)
+
+    # ------------------------------------------------------------------ snapshots
+
+    async def snapshot(self) -> SnapshotObservation:
+        """Record the sandbox's whole state as a snapshot; append and return its event.
+
+        Waits until every action of the stream has its observation, reads the
+        shell's working directory and exported environment, then pauses the
+        container for the commit of its file system and the copy of its workspace
+        (:mod:`openhands_rt.docker.snapshot`), and unpauses it: the sandbox goes on
+        as before. The event (source environment, no cause) comes after every
+        event whose effects the snapshot holds. ``DockerRuntime(..., snapshot=ID)``
+        starts a sandbox from it; :func:`openhands_rt.remove_snapshot` removes it.
+        Processes are not kept (a restored sandbox starts its own). A
+        ``read_only_root`` sandbox keeps its writable places in tmpfs mounts, which
+        no snapshot can hold: refused.
+        """
+        async with self._snapshot_lock:
+            container, channel = self.container, self._channel
+            if self._closed or container is None or channel is None:
+                raise SandboxClosedError("the runtime is not connected")
+            if self.config.read_only_root:
+                raise SandboxError(
+                    "a read_only_root sandbox cannot be snapshotted: its /tmp, home "
+                    "and workspace are tmpfs mounts, which a commit does not hold"
+                )
+            return await snapshot.take(
+                self._client(),
+                container,
+                stream=self.stream,
+                channel=channel,
+                session_id=self.session_id,
+                runtime_mode="mount" if self._bundle is not None else "build",
+                facts={
+                    "image": self.image,
+                    "oci_runtime": self.config.oci_runtime,
+                    "run_as_root": self.config.run_as_root,
+                    "workspace_bound": self.config.workspace_dir is not None,
+                    "from_snapshot": self.from_snapshot,
+                },
+            )
+
+    async def _fill_from_snapshot(self, info: SnapshotInfo, container: Any) -> None:
+        """Before the first start: the snapshot's workspace and its shell's state."""
+        if self.config.read_only_root and self.config.workspace_dir is None:
+            raise SandboxError(
+                f"snapshot {info.snapshot_id} cannot fill a read_only_root sandbox's "
+                "tmpfs workspace; give it a workspace_dir"
+            )
+        try:
+            await snapshot.fill_workspace(container, info.workspace_archive)
+            shell = await anyio.Path(info.shell_file).read_bytes()
+        except FileNotFoundError as exc:
+            if exc.filename == str(info.shell_file):
+                return  # recorded without the shell's state: it starts as usual
+            raise SandboxError(
+                f"snapshot {info.snapshot_id} is incomplete ({exc.filename} is missing)"
+            ) from exc
+        assert self._run_dir is not None
+        state = snapshot.decode_shell(shell)
+        if not await anyio.to_thread.run_sync(snapshot.write_shell_state, self._run_dir, state):
+            logger.warning("%s: the shell starts as usual, not in the snapshot's state", self)
 
     # ------------------------------------------------------------------ death, restart, stop
 
