@@ -13,6 +13,7 @@ from openhands_rt.errors import (
 from openhands_rt.local import LocalRuntime
 from openhands_rt.plugins import ALL_PLUGINS, JupyterRequirement, Plugin, PluginRequirement
 from openhands_rt.runtime import EventStreamRuntime
+from openhands_rt.snapshots import SnapshotInfo, list_snapshots, remove_snapshot
 
 __all__ = [
     "ALL_PLUGINS",
@@ -29,4 +30,7 @@ __all__ = [
     "SandboxError",
     "SandboxStartError",
     "SessionInUseError",
+    "SnapshotInfo",
+    "list_snapshots",
+    "remove_snapshot",
 ]

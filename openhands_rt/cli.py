@@ -308,7 +308,7 @@ async def cmd_snapshots(args: argparse.Namespace) -> int:
     from openhands_rt.snapshots import list_snapshots
 
     async with aiodocker.Docker() as docker:
-        snapshots = await list_snapshots(docker, labels=_labels(args.label))
+        snapshots = await list_snapshots(docker=docker, labels=_labels(args.label))
     table = Table("snapshot", "session", "after event", "mode", "created", "directory")
     for s in snapshots:
         table.add_row(

@@ -164,12 +164,15 @@ def _info(labels: dict[str, str], *, created: str) -> SnapshotInfo | None:
     )
 
 
-async def snapshot_info(docker: aiodocker.Docker, snapshot_id: str) -> SnapshotInfo:
+async def snapshot_info(
+    snapshot_id: str, *, docker: aiodocker.Docker | None = None
+) -> SnapshotInfo:
     """The snapshot ``snapshot_id``; :class:`SandboxError` when there is no such snapshot."""
     image = snapshot_image(snapshot_id)
     try:
-        with translated():
-            raw = await docker.images.inspect(image)
+        async with use_docker(docker) as client:
+            with translated():
+                raw = await client.images.inspect(image)
     except NotFound as exc:
         raise SandboxError(
             f"snapshot {snapshot_id} does not exist on this Docker engine "
@@ -182,8 +185,8 @@ async def snapshot_info(docker: aiodocker.Docker, snapshot_id: str) -> SnapshotI
 
 
 async def list_snapshots(
-    docker: aiodocker.Docker,
     *,
+    docker: aiodocker.Docker | None = None,
     session_id: str | None = None,
     labels: Mapping[str, str] | None = None,
 ) -> list[SnapshotInfo]:
@@ -193,8 +196,9 @@ async def list_snapshots(
     wanted = [LABEL_SNAPSHOT, *(f"{key}={value}" for key, value in (labels or {}).items())]
     if session_id is not None:
         wanted.append(f"{LABEL_SESSION}={session_id}")
-    with translated():
-        images = await docker.images.list(filters={"label": wanted})
+    async with use_docker(docker) as client:
+        with translated():
+            images = await client.images.list(filters={"label": wanted})
     found = []
     for raw in images:
         info = _info(raw.get("Labels") or {}, created=str(raw.get("Created", "")))
@@ -215,7 +219,7 @@ async def remove_snapshot(snapshot_id: str, *, docker: aiodocker.Docker | None =
     directory = snapshot_dir(snapshot_id)
     async with use_docker(docker) as client:
         try:
-            info = await snapshot_info(client, snapshot_id)
+            info = await snapshot_info(snapshot_id, docker=client)
             directory = Path(info.directory)
         except SandboxError:
             if not await anyio.Path(directory).exists():
@@ -256,7 +260,7 @@ async def remove_snapshots(
     (:func:`prune_snapshot_dirs`); the ids removed. One in use by a container is kept
     (logged)."""
     removed = []
-    for info in await list_snapshots(docker, session_id=session_id, labels=labels):
+    for info in await list_snapshots(docker=docker, session_id=session_id, labels=labels):
         try:
             await remove_snapshot(info.snapshot_id, docker=docker)
         except SandboxError as exc:
@@ -274,7 +278,7 @@ async def prune_snapshot_dirs(docker: aiodocker.Docker) -> list[str]:
     root = anyio.Path(snapshots_root())
     if not await root.is_dir():
         return []
-    known = {info.snapshot_id for info in await list_snapshots(docker)}
+    known = {info.snapshot_id for info in await list_snapshots(docker=docker)}
     removed = []
     async for entry in root.iterdir():
         name = entry.name

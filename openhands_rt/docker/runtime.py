@@ -39,6 +39,7 @@ A start that fails removes what it made (the container, the run directory).
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 from typing import Any
@@ -177,7 +178,7 @@ class DockerRuntime(AttachingRuntime):
             self.report_status(RuntimeStatus.BUILDING, message)
 
         if self.from_snapshot is not None:
-            self._restore = await snapshots.snapshot_info(self._client(), self.from_snapshot)
+            self._restore = await snapshots.snapshot_info(self.from_snapshot, docker=self._client())
             # A mount-mode snapshot has no server of its own: the bundle is mounted again.
             self._bundle = (
                 await mount.runtime_bundle(self.config, report=report)
@@ -351,6 +352,11 @@ class DockerRuntime(AttachingRuntime):
                 channel=channel,
                 session_id=self.session_id,
                 runtime_mode="mount" if self._bundle is not None else "build",
+                workspace_dir=(
+                    os.path.abspath(self.config.workspace_dir)
+                    if self.config.workspace_dir is not None
+                    else None
+                ),
                 facts={
                     "image": self.image,
                     "oci_runtime": self.config.oci_runtime,

@@ -3,8 +3,11 @@
 Capture (:func:`capture`): the container is **paused** (its processes frozen
 by the cgroup freezer, or gVisor's sandbox stopped), **committed** to the
 snapshot image without a second pause, and its ``/workspace`` — a bind mount,
-which a commit does not see — is **archived** by the engine into the
-snapshot's directory, still paused, so that both halves are the same instant.
+which a commit does not see — is **archived** into the snapshot's directory,
+still paused, so that both halves are the same instant: on the host, from the
+bound directory (a tenth of the engine's time for the same tar), or by the
+engine, as root, when this user cannot read all of it or when the workspace is
+the container's own.
 The container is unpaused on every way out, cancellation included. What a
 commit keeps: every file of the container's own layer (under runc and under
 this host's runsc, whose root file system writes go through to the layer;
@@ -28,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tarfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -97,9 +101,14 @@ async def capture(
     image: str,
     labels: Mapping[str, str],
     workspace_archive: Path,
+    workspace_dir: str | None,
 ) -> None:
     """Pause ``container``, commit it as ``image`` (``repository:tag``) with ``labels``
     added to its own, archive its /workspace into ``workspace_archive``, unpause.
+
+    ``workspace_dir``: the host directory bound at /workspace, archived on the host
+    (ten times faster than the engine's archive request, see :func:`_archive_on_host`);
+    None: the engine archives the container's own /workspace.
 
     Raises :class:`~openhands_rt.docker.engine.EngineError` or ``OSError``; the
     caller removes what a failure left (the image, the file).
@@ -116,11 +125,28 @@ async def capture(
                 config={"Labels": dict(labels)},
                 pause=False,
             )
-        await _save_archive(docker, container.id, WORKSPACE_IN_CONTAINER, workspace_archive)
+        if workspace_dir is None or not await anyio.to_thread.run_sync(
+            _archive_on_host, workspace_dir, workspace_archive
+        ):
+            await _save_archive(docker, container.id, WORKSPACE_IN_CONTAINER, workspace_archive)
     finally:
         # A frozen sandbox is useless: unpaused whatever happened, cancellation included.
         with anyio.CancelScope(shield=True), translated():
             await container.unpause()
+
+
+def _archive_on_host(directory: str, target: Path) -> bool:
+    """Archive ``directory`` as ``workspace/`` into ``target`` as the engine would (owners,
+    modes, times, links; sockets left out); False when this user cannot read all of it
+    (the agent's mode-000 file, root's files of a ``run_as_root`` sandbox): then the
+    engine, which reads as root, must."""
+    try:
+        with tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as tar:
+            tar.add(directory, arcname=WORKSPACE_IN_CONTAINER.lstrip("/"))
+    except PermissionError as exc:
+        logger.info("archiving %s through the engine: %s", directory, exc)
+        return False
+    return True
 
 
 async def _save_archive(
@@ -214,6 +240,7 @@ async def take(
     channel: ChannelClient,
     session_id: str,
     runtime_mode: str,
+    workspace_dir: str | None,
     facts: Mapping[str, object],
 ) -> SnapshotObservation:
     """Snapshot the sandbox ``container`` whose actions come from ``stream`` (see
@@ -238,6 +265,7 @@ async def take(
             image=image,
             labels=labels,
             workspace_archive=directory / snapshots.WORKSPACE_FILE,
+            workspace_dir=workspace_dir,
         )
         if shell is not None:
             await anyio.Path(directory / snapshots.SHELL_FILE).write_bytes(encode_shell(shell))

@@ -91,7 +91,7 @@ async def test_a_sandbox_started_from_a_snapshot_has_its_files(
         assert again.content.startswith(before.content.rstrip())
         assert again.content.rstrip().endswith("/workspace/src\ntwo words")
         await sh(rt, "echo later > /workspace/src/in.txt")  # not in the snapshot
-    info = await snapshot_info(docker, snap.snapshot_id)
+    info = await snapshot_info(snap.snapshot_id, docker=docker)
     assert info.event_id == snap.id - 1
     assert info.runtime_mode == config.runtime_mode
 
@@ -152,6 +152,18 @@ async def test_a_sandbox_started_from_a_snapshot_has_its_shells_cwd_and_env(
     await remove_snapshot(snap.snapshot_id)
 
 
+async def test_a_read_only_root_sandbox_is_not_snapshotted(
+    make_config: ConfigFactory, docker: aiodocker.Docker
+) -> None:
+    config = make_config(read_only_root=True)
+    sid = session_id()
+    async with EventStream() as stream, DockerRuntime(stream, config, session_id=sid) as rt:
+        with pytest.raises(SandboxError, match="read_only_root"):
+            await rt.snapshot()
+        assert (await sh(rt, "echo still here")).content.strip() == "still here"
+    assert await list_snapshots(docker=docker, session_id=sid) == []
+
+
 async def test_a_missing_snapshot_is_a_clear_error(make_config: ConfigFactory) -> None:
     async with EventStream() as stream:
         rt = DockerRuntime(stream, make_config(), session_id=session_id(), snapshot="snap-00")
@@ -161,7 +173,7 @@ async def test_a_missing_snapshot_is_a_clear_error(make_config: ConfigFactory) -
 
 
 async def test_a_snapshot_of_a_sandbox_without_a_workspace_dir_and_a_background_process(
-    make_config: ConfigFactory, docker: aiodocker.Docker
+    make_config: ConfigFactory, docker: aiodocker.Docker, tmp_path: Path
 ) -> None:
     config = make_config()
     async with (
@@ -173,19 +185,24 @@ async def test_a_snapshot_of_a_sandbox_without_a_workspace_dir_and_a_background_
         # The background process was frozen, not killed: it runs on.
         alive = await sh(rt, "kill -0 $(cat /tmp/bg.pid) && echo alive")
         assert alive.content.strip() == "alive"
+    # The workspace was the container's own; the new sandbox's is a host directory.
+    restored = make_config(workspace_dir=str(tmp_path / "ws"))
     async with (
         EventStream() as stream2,
-        DockerRuntime(stream2, config, session_id=session_id(), snapshot=snap.snapshot_id) as rt2,
+        DockerRuntime(stream2, restored, session_id=session_id(), snapshot=snap.snapshot_id) as rt2,
     ):
         out = await sh(rt2, "cat /workspace/w.txt; kill -0 $(cat /tmp/bg.pid) || echo gone")
         # Files come back; processes do not.
         assert out.content.split("\n")[0] == "kept"
         assert "gone" in out.content
-    listed = [s.snapshot_id for s in await list_snapshots(docker, session_id=snap_session(snap))]
+    assert (tmp_path / "ws" / "w.txt").read_text() == "kept\n"
+    listed = [
+        s.snapshot_id for s in await list_snapshots(docker=docker, session_id=snap_session(snap))
+    ]
     assert snap.snapshot_id in listed
     await remove_snapshot(snap.snapshot_id)
     with pytest.raises(SandboxError, match="does not exist"):
-        await snapshot_info(docker, snap.snapshot_id)
+        await snapshot_info(snap.snapshot_id, docker=docker)
 
 
 def snap_session(snap: SnapshotObservation) -> str:
@@ -226,10 +243,10 @@ async def test_gc_snapshots_removes_every_snapshot_and_plain_gc_none(
     debris.mkdir()
     os.utime(debris, (0, 0))  # old: not a snapshot being made
     ids = {first.snapshot_id, second.snapshot_id}
-    assert ids <= {s.snapshot_id for s in await list_snapshots(docker, session_id=sid)}
+    assert ids <= {s.snapshot_id for s in await list_snapshots(docker=docker, session_id=sid)}
     # A snapshot outlives its sandbox: gc without --snapshots leaves it.
     assert (await cli("gc", label))[0] == 0
-    assert ids <= {s.snapshot_id for s in await list_snapshots(docker, session_id=sid)}
+    assert ids <= {s.snapshot_id for s in await list_snapshots(docker=docker, session_id=sid)}
     code, out = await cli("snapshots", label)
     assert code == 0
     assert first.snapshot_id in out
@@ -237,7 +254,7 @@ async def test_gc_snapshots_removes_every_snapshot_and_plain_gc_none(
     code, out = await cli("gc", "--snapshots", label)
     assert code == 0, out
     assert f"removed snapshot {first.snapshot_id}" in out
-    assert not ids & {s.snapshot_id for s in await list_snapshots(docker)}
+    assert not ids & {s.snapshot_id for s in await list_snapshots(docker=docker)}
     for snapshot_id in ids:
         assert not await image_exists(docker, f"{SNAPSHOT_REPOSITORY}:{snapshot_id}")
     assert not any((data_dir / "snapshots").iterdir())
