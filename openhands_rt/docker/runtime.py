@@ -294,6 +294,38 @@ class DockerRuntime(AttachingRuntime):
             self._run_dir = self._etc_dir = None
             await anyio.to_thread.run_sync(rundir.remove_dirs, run_dir, etc_dir)
 
+    async def _change_session(self, session_id: str) -> None:
+        """Take ``session_id``: the container is renamed to it (:meth:`hand_over`).
+
+        Refused with :class:`SessionInUseError` when a runtime in this process
+        holds that session, or a container of that name exists (another
+        process's sandbox, kept alive or not).
+        """
+        if self.config.keep_runtime_alive:
+            # Found again by name and run directory; a renamed one would be another's.
+            raise SandboxError("a kept-alive sandbox cannot change its session id")
+        old = self.session_id
+        self._claim_session(session_id)
+        try:
+            if self.container is not None:
+                with translated():
+                    await self.container.rename(spec.CONTAINER_PREFIX + session_id)
+        except Conflict as exc:
+            self._release_session(session_id)
+            raise SessionInUseError(
+                f"session {session_id!r} is in use: a container named "
+                f"{spec.CONTAINER_PREFIX + session_id} exists",
+                session_id=session_id,
+                owner="",
+            ) from exc
+        except BaseException:
+            self._release_session(session_id)
+            raise
+        self.session_id = session_id
+        self._leases.session_id = session_id
+        self._leases.sandbox = self.container_name
+        self._release_session(old)
+
     # ------------------------------------------------------------------ death, restart, stop
 
     def _watch(self, container: Any) -> None:
