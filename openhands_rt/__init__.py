@@ -12,6 +12,7 @@ from openhands_rt.errors import (
 )
 from openhands_rt.local import LocalRuntime
 from openhands_rt.plugins import ALL_PLUGINS, JupyterRequirement, Plugin, PluginRequirement
+from openhands_rt.pool import SandboxPool
 from openhands_rt.runtime import EventStreamRuntime
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "SandboxConfig",
     "SandboxConnectionError",
     "SandboxError",
+    "SandboxPool",
     "SandboxStartError",
     "SessionInUseError",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "HOST_DIR_PREFIX",
     "LABEL_KEEP_ALIVE",
     "LABEL_OWNER",
+    "LABEL_POOL",
     "LABEL_SESSION",
     "LABEL_VERSION",
     "SandboxInfo",
@@ -45,6 +46,7 @@ LABEL_SESSION = "org.openhands-rt.session"
 LABEL_VERSION = "org.openhands-rt.version"
 LABEL_KEEP_ALIVE = "org.openhands-rt.keep-alive"
 LABEL_OWNER = "org.openhands-rt.owner"  # host/boot_id/pid/starttime
+LABEL_POOL = "org.openhands-rt.pool"  # the id of the SandboxPool that made it
 #: Host directories a runtime makes for its sandbox (in the temp directory) start so.
 HOST_DIR_PREFIX = "openhands-rt-"
 

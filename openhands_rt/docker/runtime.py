@@ -227,7 +227,9 @@ class DockerRuntime(AttachingRuntime):
                 RuntimeStatus.STARTING, f"creating {self.container_name} from {image}"
             )
             try:
-                with translated():
+                # Shielded: a create cancelled in flight may still be carried out by the
+                # engine after we looked for its container, which would then be left behind.
+                with anyio.CancelScope(shield=True), translated():
                     self.container = await self._client().containers.create(
                         body, name=self.container_name
                     )
