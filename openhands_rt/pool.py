@@ -40,12 +40,13 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import shutil
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 
 import aiodocker
@@ -124,6 +125,8 @@ class SandboxPool:
         self._serial = 0
         self._failing = 0  # consecutive failed starts
         self._workspaces: dict[DockerRuntime, str] = {}
+        # The private stream each sandbox serves until it is handed over.
+        self._internal: dict[DockerRuntime, EventStream] = {}
         self._kick = anyio.Event()
         self._delivered = anyio.Event()  # set (and replaced) whenever a sandbox is ready
         self._tasks = Supervisor(f"pool-{self.pool_id}", on_failure=self._task_failed)
@@ -229,12 +232,11 @@ class SandboxPool:
             else:
                 self.waits += 1
                 rt = await self._wait_for_one()
-            internal = rt.stream
             try:
                 await rt.hand_over(stream, session_id=session_id)
             except SandboxClosedError:
                 # It died while it waited (its container exited): the next one.
-                self._forget(rt)
+                await self._forget(rt)
                 continue
             except SandboxError:
                 # The session id is taken (or the runtime is busy): nothing changed,
@@ -243,10 +245,12 @@ class SandboxPool:
                 raise
             except BaseException:
                 # Cancelled half-way: no telling what state it is in.
-                self._forget(rt)
+                await self._forget(rt)
                 raise
             self._in_use.add(rt)
-            self._background(internal.aclose())
+            internal = self._internal.pop(rt, None)
+            if internal is not None:
+                await self._background(internal.aclose)
             # Only now: the replacement's start would compete with the hand-over.
             self._kick.set()
             return rt
@@ -324,6 +328,7 @@ class SandboxPool:
         )
         if workspace is not None:
             self._workspaces[rt] = workspace
+        self._internal[rt] = stream
         self._owned.add(rt)
         try:
             await rt.connect()
@@ -334,7 +339,7 @@ class SandboxPool:
         # A waiting sandbox that dies is dropped (and replaced) at once.
 
         async def watch(event: Event) -> None:
-            self._on_internal_event(rt, event)
+            await self._on_internal_event(rt, event)
 
         stream.subscribe(watch)
         return rt
@@ -370,31 +375,29 @@ class SandboxPool:
         self._delivered.set()
         self._delivered = anyio.Event()
 
-    def _on_internal_event(self, rt: DockerRuntime, event: Event) -> None:
+    async def _on_internal_event(self, rt: DockerRuntime, event: Event) -> None:
         if (
             isinstance(event, RuntimeStatusObservation)
             and event.status is RuntimeStatus.ERROR
             and rt in self._ready
+            and self._tasks.running  # closing: aclose() removes it
         ):
             logger.warning("pool %s: a waiting sandbox died: %s", self.pool_id, event.message)
             self._ready.remove(rt)
-            self._forget(rt)
+            await self._forget(rt)
 
-    def _forget(self, rt: DockerRuntime) -> None:
+    async def _forget(self, rt: DockerRuntime) -> None:
         """Remove ``rt`` in the background and start another."""
-        self._background(self._remove(rt))
         self._kick.set()
+        await self._background(functools.partial(self._remove, rt))
 
-    def _background(self, work: Coroutine[object, object, None]) -> None:
-        """Run ``work`` in the pool's group; once the pool is closed, aclose() has done it."""
+    async def _background(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work()`` in the pool's group, or right here once the pool is closing."""
         if self._tasks.running:
-
-            async def run() -> None:
-                await work
-
-            self._tasks.start_soon(run, name=f"pool-{self.pool_id}-background")
+            self._tasks.start_soon(work, name=f"pool-{self.pool_id}-background")
         else:
-            work.close()
+            with anyio.CancelScope(shield=True):
+                await work()
 
     async def _remove(self, rt: DockerRuntime) -> None:
         # Shielded: a removal cut short would leave the container behind.
@@ -404,6 +407,9 @@ class SandboxPool:
                 await rt.aclose()
             except Exception as exc:
                 logger.warning("pool %s: removing %s failed: %s", self.pool_id, rt.session_id, exc)
+            internal = self._internal.pop(rt, None)
+            if internal is not None:
+                await internal.aclose()
             workspace = self._workspaces.pop(rt, None)
             if workspace is not None:
                 await anyio.to_thread.run_sync(shutil.rmtree, workspace, True)

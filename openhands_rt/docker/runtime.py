@@ -55,11 +55,17 @@ from openhands_rt.docker.engine import (
     Conflict,
     EngineError,
     EngineUnreachable,
+    NotFound,
     translated,
 )
 from openhands_rt.docker.restart import RestartBudget, restart_note
 from openhands_rt.docker.spec import CONTAINER_PREFIX
-from openhands_rt.errors import SandboxError, SandboxStartError, SessionInUseError
+from openhands_rt.errors import (
+    SandboxClosedError,
+    SandboxError,
+    SandboxStartError,
+    SessionInUseError,
+)
 from openhands_rt.leases import LeaseHolder
 from openhands_rt.plugins import check_plugins
 from openhands_rt.runtime import SandboxEndpoint
@@ -320,6 +326,12 @@ class DockerRuntime(AttachingRuntime):
                 session_id=session_id,
                 owner="",
             ) from exc
+        except NotFound as exc:
+            self._release_session(session_id)
+            raise SandboxClosedError(f"{self.container_name} is gone: {exc.message}") from exc
+        except EngineError as exc:
+            self._release_session(session_id)
+            raise SandboxError(f"Docker refused to rename the sandbox: {exc.message}") from exc
         except BaseException:
             self._release_session(session_id)
             raise

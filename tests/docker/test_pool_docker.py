@@ -117,6 +117,28 @@ async def test_an_empty_pool_makes_acquire_wait_for_the_next_start(
     assert await pool_containers(pool.pool_id) == []
 
 
+async def test_a_waiting_sandbox_that_dies_is_replaced(make_config: ConfigFactory) -> None:
+    async with SandboxPool(make_config(), size=2) as pool:
+        with anyio.fail_after(FILL):
+            await pool.wait_ready()
+        victim = (await pool_containers(pool.pool_id))[0]
+        async with open_docker() as docker:
+            await docker.containers.container(victim).kill()
+        with anyio.fail_after(FILL):
+            while victim in await pool_containers(pool.pool_id):  # noqa: ASYNC110
+                await anyio.sleep(0.1)
+            await pool.wait_ready()
+        async with (
+            EventStream() as s1,
+            EventStream() as s2,
+            pool.acquire(s1) as a,
+            pool.acquire(s2) as b,
+        ):
+            assert (await sh(a, "echo a")).content.strip() == "a"
+            assert (await sh(b, "echo b")).content.strip() == "b"
+            assert victim not in (a.container_name, b.container_name)
+
+
 async def test_failed_starts_are_retried_with_backoff_until_they_succeed(
     make_config: ConfigFactory, runtime_mode: str, runtime_image: str, base_image: str
 ) -> None:
