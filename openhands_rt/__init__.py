@@ -10,6 +10,7 @@ from openhands_rt.errors import (
     SandboxStartError,
     SessionInUseError,
 )
+from openhands_rt.forking import fork
 from openhands_rt.local import LocalRuntime
 from openhands_rt.plugins import ALL_PLUGINS, JupyterRequirement, Plugin, PluginRequirement
 from openhands_rt.runtime import EventStreamRuntime
@@ -29,4 +30,5 @@ __all__ = [
     "SandboxError",
     "SandboxStartError",
     "SessionInUseError",
+    "fork",
 ]
