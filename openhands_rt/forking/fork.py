@@ -41,7 +41,9 @@ import dataclasses
 import difflib
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, overload
 
 import anyio
 import anyio.to_thread
@@ -65,6 +67,10 @@ from openhands_rt.replay.recording import RecordedStep, fresh_copy
 from openhands_rt.replay.verify import Divergence, Mismatch, compare_observations
 from openhands_rt.replay.workspace import map_action_paths
 from openhands_rt.runtime import EventStreamRuntime
+
+if TYPE_CHECKING:
+    from openhands_rt.docker_runtime import DockerRuntime
+    from openhands_rt.local import LocalRuntime
 
 __all__ = ["ForkReport", "fork"]
 
@@ -110,8 +116,35 @@ class ForkReport:
         return text
 
 
-@contextlib.asynccontextmanager
-async def fork(
+@overload
+def fork(
+    source: ForkSource,
+    at_event: int,
+    *,
+    config: SandboxConfig | None = None,
+    session_id: str | None = None,
+    log_path: str | os.PathLike[str] | None = None,
+    local: Literal[False] = False,
+    on_report: Callable[[ForkReport], None] | None = None,
+    on_step: Callable[[StepReport], None] | None = None,
+) -> AbstractAsyncContextManager[DockerRuntime]: ...
+
+
+@overload
+def fork(
+    source: ForkSource,
+    at_event: int,
+    *,
+    config: SandboxConfig | None = None,
+    session_id: str | None = None,
+    log_path: str | os.PathLike[str] | None = None,
+    local: Literal[True],
+    on_report: Callable[[ForkReport], None] | None = None,
+    on_step: Callable[[StepReport], None] | None = None,
+) -> AbstractAsyncContextManager[LocalRuntime]: ...
+
+
+def fork(
     source: ForkSource,
     at_event: int,
     *,
@@ -121,7 +154,7 @@ async def fork(
     local: bool = False,
     on_report: Callable[[ForkReport], None] | None = None,
     on_step: Callable[[StepReport], None] | None = None,
-) -> AsyncIterator[EventStreamRuntime]:
+) -> AbstractAsyncContextManager[EventStreamRuntime]:
     """A connected runtime on a new stream, in the state ``source`` had right after ``at_event``.
 
     ``source``: an :class:`~events.EventStream` or the path of a durable event
@@ -145,6 +178,20 @@ async def fork(
     Leaving the block closes the runtime (its sandbox is removed) and the
     fork's stream.
     """
+    return _fork(source, at_event, config, session_id, log_path, local, on_report, on_step)
+
+
+@contextlib.asynccontextmanager
+async def _fork(
+    source: ForkSource,
+    at_event: int,
+    config: SandboxConfig | None,
+    session_id: str | None,
+    log_path: str | os.PathLike[str] | None,
+    local: bool,
+    on_report: Callable[[ForkReport], None] | None,
+    on_step: Callable[[StepReport], None] | None,
+) -> AsyncIterator[EventStreamRuntime]:
     config = config if config is not None else SandboxConfig()
     if log_path is not None and not isinstance(source, EventStream):
         _check_not_the_source(source, log_path)
