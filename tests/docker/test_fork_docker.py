@@ -278,3 +278,35 @@ async def test_the_fork_command_keeps_the_fork_log(
     # Forking into a log that holds events is refused: exit code 2.
     again = build_parser().parse_args(["fork", str(log), "--at", "0", "--out", str(out)])
     assert await fork_command(again, config, Console(file=io.StringIO())) == 2
+
+
+async def test_the_fork_command_opens_a_shell_on_the_fork(
+    make_config: ConfigFactory,
+    runtime_mode: str,
+    runtime_image: str,
+    base_image: str,
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "source.log"
+    at = await record_log(log, make_config())
+    typed = tmp_path / "typed.txt"
+    typed.write_text("echo mode=$MODE; pwd\ncat a.txt\n")
+    mounted = runtime_mode == "mount"
+    image = ["--no-build", "--base-image", base_image] if mounted else ["--image", runtime_image]
+    with typed.open("rb") as stdin:
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "openhands_rt.cli", "fork", str(log), "--at", str(at)),
+            *("--shell", *image),
+            stdin=stdin,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)},
+        )
+        with anyio.fail_after(180):
+            stdout, stderr = await process.communicate()
+    text = stdout.decode()
+    assert process.returncode == 0, text + stderr.decode()
+    assert f"{at + 1} events copied" in text
+    assert "mode=fast" in text
+    assert "/workspace/proj" in text
+    assert "alpha\nbeta" in text
