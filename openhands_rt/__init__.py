@@ -10,6 +10,7 @@ from openhands_rt.errors import (
     SandboxStartError,
     SessionInUseError,
 )
+from openhands_rt.forking import fork
 from openhands_rt.local import LocalRuntime
 from openhands_rt.plugins import ALL_PLUGINS, JupyterRequirement, Plugin, PluginRequirement
 from openhands_rt.pool import SandboxPool
@@ -31,4 +32,5 @@ __all__ = [
     "SandboxPool",
     "SandboxStartError",
     "SessionInUseError",
+    "fork",
 ]
