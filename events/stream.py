@@ -278,6 +278,32 @@ class EventStream:
             self._wake()
         return stored
 
+    def append_copy(self, event: _E) -> _E:
+        """Store ``event`` exactly as it is (id, timestamp, source, cause, content); return it.
+
+        For a stream that starts as a copy of another one's history (a fork,
+        :func:`openhands_rt.fork`): the event keeps the id it has there, which
+        must be the next one here (``len(self)``), so copies go in order from
+        0. Nothing is masked: the event was masked when it was first appended.
+        Raises ``ValueError`` for any other id, and otherwise what
+        :meth:`append` raises; whenever it raises, nothing was stored.
+        """
+        if not isinstance(event, Event):
+            raise TypeError(f"expected an Event, got {type(event).__name__}")
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            if event.id != len(self._events):
+                raise ValueError(
+                    f"a copied event must have the next id, {len(self._events)}, not {event.id}"
+                )
+            if self._log is not None:
+                self._log.append(event)
+            self._events.append(event)
+        if self._waiters:
+            self._wake()
+        return event
+
     def _append_masked(self, event: _E, source: EventSource, masker: SecretMasker) -> _E:
         changes = masker.changes(event)
         with self._lock:

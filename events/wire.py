@@ -138,6 +138,8 @@ class ErrorId:
     FILE_NOT_FOUND: Final = "file_not_found"
     FILE_READ_ERROR: Final = "file_read_error"
     FILE_WRITE_ERROR: Final = "file_write_error"
+    #: A fork re-executed the source's actions and an observation differed (openhands_rt.fork).
+    FORK_DIVERGED: Final = "fork_diverged"
     INTERNAL_ERROR: Final = "internal_error"
     INVALID_PATH: Final = "invalid_path"
     IS_A_DIRECTORY: Final = "is_a_directory"

@@ -10,8 +10,10 @@ from openhands_rt.errors import (
     SandboxStartError,
     SessionInUseError,
 )
+from openhands_rt.forking import fork
 from openhands_rt.local import LocalRuntime
 from openhands_rt.plugins import ALL_PLUGINS, JupyterRequirement, Plugin, PluginRequirement
+from openhands_rt.pool import SandboxPool
 from openhands_rt.runtime import EventStreamRuntime
 from openhands_rt.snapshots import SnapshotInfo, list_snapshots, remove_snapshot
 
@@ -28,9 +30,11 @@ __all__ = [
     "SandboxConfig",
     "SandboxConnectionError",
     "SandboxError",
+    "SandboxPool",
     "SandboxStartError",
     "SessionInUseError",
     "SnapshotInfo",
+    "fork",
     "list_snapshots",
     "remove_snapshot",
 ]

@@ -473,7 +473,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-log", default=None, help="write the replay to this new durable log")
     _plugins_option(p)
     p.set_defaults(handler=cmd_replay)
+
+    p = sub.add_parser("fork", help="a new session in the state a recorded one had after event N")
+    p.add_argument("log", help="an openhands-rt event log (a live session's too)")
+    p.add_argument("--at", type=int, required=True, metavar="N", help="the event id to fork at")
+    p.add_argument("--shell", action="store_true", help="then an interactive shell on the fork")
+    p.add_argument("--out", default=None, metavar="NEWLOG", help="keep the fork's event log here")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--base-image", default=_BASE_IMAGE, help=f"base image ({_BASE_IMAGE})")
+    where.add_argument("--local", action="store_true", help="no container (no isolation)")
+    p.add_argument("--image", default=None, help="use this runtime image as is (no build)")
+    _mode_options(p)
+    p.add_argument("--workspace", default=None, help="host directory mounted at /workspace")
+    _plugins_option(p)
+    p.set_defaults(handler=cmd_fork)
     return parser
+
+
+async def cmd_fork(args: argparse.Namespace) -> int:
+    from openhands_rt.fork_cli import fork_command
+
+    return await fork_command(args, sandbox_config(args), console)
 
 
 async def cmd_replay(args: argparse.Namespace) -> int:

@@ -103,6 +103,8 @@ class EventStreamRuntime:
         # process that reopens the log after a crash is the same client.
         self.client_id = client_id or stream.stream_id
         self._channel: ChannelClient | None = None
+        self._endpoint: SandboxEndpoint | None = None
+        self._stream_watch: anyio.CancelScope | None = None
         self._subscription: Subscription | None = None
         self._waiters: dict[int, asyncio.Future[Observation]] = {}
         self._dispatched: set[int] = set()
@@ -158,22 +160,9 @@ class EventStreamRuntime:
         try:
             started_supervisor = await self._supervisor.start()
             if started_supervisor:
-                self._start_soon(
-                    self._watch_stream_failure, name=f"runtime-{self.session_id}-log-failure"
-                )
+                self._watch_stream(self.stream)
             endpoint = await self._start_sandbox()
-            channel = ChannelClient(
-                endpoint.url,
-                api_key=endpoint.api_key,
-                client_id=self.client_id,
-                on_event=self._on_channel_event,
-                unix_socket=endpoint.unix_socket,
-                peer_uid=endpoint.peer_uid,
-            )
-            await channel.open()
-            self._start_soon(
-                self._serve_channel, channel, name=f"runtime-{self.session_id}-channel"
-            )
+            channel = await self._open_channel(endpoint)
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
                 message = (
@@ -190,16 +179,84 @@ class EventStreamRuntime:
             self._release_session()
             raise
         self._channel = channel
+        self._endpoint = endpoint
+        self._connected = True
+        await self._serve_stream()
+
+    async def _open_channel(self, endpoint: SandboxEndpoint) -> ChannelClient:
+        """Open the action channel to ``endpoint`` and start its reader (in the supervisor)."""
+        channel = ChannelClient(
+            endpoint.url,
+            api_key=endpoint.api_key,
+            client_id=self.client_id,
+            on_event=self._on_channel_event,
+            unix_socket=endpoint.unix_socket,
+            peer_uid=endpoint.peer_uid,
+        )
+        await channel.open()
+        self._start_soon(self._serve_channel, channel, name=f"runtime-{self.session_id}-channel")
+        return channel
+
+    async def _serve_stream(self) -> None:
+        """Subscribe to ``self.stream``, send what it left unanswered, report ``ready``."""
         # Events before this id are history (scanned for unanswered actions below);
         # the subscription delivers every later one.
         boundary = len(self.stream)
         self._subscription = self.stream.subscribe(
             self._on_stream_event, subscriber_id=f"runtime-{self.session_id}-{uuid.uuid4().hex[:8]}"
         )
-        self._connected = True
         resumed = await self._resume_pending(boundary)
         note = f"; resent {resumed} unanswered action(s)" if resumed else ""
         self.report_status(RuntimeStatus.READY, f"sandbox {self.session_id} is ready{note}")
+
+    # ------------------------------------------------------------------ handing over
+
+    async def hand_over(
+        self,
+        stream: EventStream,
+        *,
+        session_id: str | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        """Serve ``stream`` from now on, with the sandbox as it is (a warm pool, a fork).
+
+        The runtime must be connected and idle (no action of its stream
+        waiting for its observation). It stops listening to its current
+        stream, takes ``session_id`` (refused with :class:`SessionInUseError`
+        when another runtime holds it; a Docker sandbox's container is renamed
+        to it) and ``client_id`` (the server's result cache is per client: a
+        sandbox that ran actions for another stream must get a new one, or the
+        new stream's action ids would be answered from the old one's results;
+        the channel is opened again under it), then subscribes to ``stream``,
+        sends the actions it left unanswered, and reports ``ready`` on it —
+        as :meth:`connect` does. Nothing is appended to the old stream.
+        """
+        if self._closed or not self._connected or self._channel is None:
+            raise SandboxClosedError("only a connected runtime can be handed over")
+        if self._waiters or self._channel.pending:
+            raise SandboxError("the runtime is busy: an action is still waiting for its answer")
+        if session_id is not None and session_id != self.session_id:
+            await self._change_session(session_id)
+        if client_id is not None and client_id != self.client_id:
+            assert self._endpoint is not None
+            old, self.client_id = self._channel, client_id
+            self._channel = await self._open_channel(self._endpoint)
+            await old.aclose()
+        if self._subscription is not None:
+            self._subscription.unsubscribe()
+            self._subscription = None
+        self.stream = stream
+        if self._stream_watch is not None:
+            self._stream_watch.cancel()
+        self._watch_stream(stream)
+        await self._serve_stream()
+
+    async def _change_session(self, session_id: str) -> None:
+        """Take ``session_id`` in place of the current one (subclasses rename their sandbox)."""
+        old = self.session_id
+        self._claim_session(session_id)
+        self.session_id = session_id
+        self._release_session(old)
 
     # ------------------------------------------------------------------ the supervisor
 
@@ -234,25 +291,26 @@ class EventStreamRuntime:
                 future.set_exception(SandboxError(reason))
         self.report_status(RuntimeStatus.ERROR, reason)
 
-    def _claim_session(self) -> None:
+    def _claim_session(self, session_id: str | None = None) -> None:
         if self.session_scope is None:
             return
-        key = (self.session_scope, self.session_id)
+        session_id = self.session_id if session_id is None else session_id
+        key = (self.session_scope, session_id)
         owner = _session_owners.get(key)
         if owner is not None and owner is not self:
             raise SessionInUseError(
-                f"session {self.session_id!r} is in use by another live runtime in this "
+                f"session {session_id!r} is in use by another live runtime in this "
                 f"process ({type(owner).__name__} on {owner.stream!r}); close it first, "
                 "or choose another session id",
-                session_id=self.session_id,
+                session_id=session_id,
                 owner="this process",
             )
         _session_owners[key] = self
 
-    def _release_session(self) -> None:
+    def _release_session(self, session_id: str | None = None) -> None:
         if self.session_scope is None:
             return
-        key = (self.session_scope, self.session_id)
+        key = (self.session_scope, self.session_id if session_id is None else session_id)
         if _session_owners.get(key) is self:
             del _session_owners[key]
 
@@ -282,14 +340,23 @@ class EventStreamRuntime:
             await channel.send(action)
         return len(pending)
 
-    async def _watch_stream_failure(self) -> None:
+    def _watch_stream(self, stream: EventStream) -> None:
+        scope = self._stream_watch = anyio.CancelScope()
+        self._start_soon(
+            self._watch_stream_failure, stream, scope, name=f"runtime-{self.session_id}-log-failure"
+        )
+
+    async def _watch_stream_failure(self, stream: EventStream, scope: anyio.CancelScope) -> None:
         # A durable stream whose log failed takes no more events, so no observation
         # can ever answer a waiting run(): each gets the log's error instead.
-        error = await self.stream.wait_write_error()
+        with scope:
+            error = await stream.wait_write_error()
+        if scope.cancel_called:
+            return  # the runtime was handed over to another stream
         logger.error("sandbox %s: the event stream failed: %s", self.session_id, error)
         for future in self._waiters.values():
             if not future.done():
-                future.set_exception(self.stream.write_error or error)
+                future.set_exception(stream.write_error or error)
 
     async def _stop_quietly(self) -> None:
         try:

@@ -24,9 +24,11 @@ import aiodocker
 from openhands_rt.docker.engine import EngineError, NotFound, translated
 
 __all__ = [
+    "CONTAINER_PREFIX",
     "HOST_DIR_PREFIX",
     "LABEL_KEEP_ALIVE",
     "LABEL_OWNER",
+    "LABEL_POOL",
     "LABEL_SESSION",
     "LABEL_VERSION",
     "SandboxInfo",
@@ -38,10 +40,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: A sandbox container's name is this prefix and the session id.
+CONTAINER_PREFIX = "openhands-runtime-"
 LABEL_SESSION = "org.openhands-rt.session"
 LABEL_VERSION = "org.openhands-rt.version"
 LABEL_KEEP_ALIVE = "org.openhands-rt.keep-alive"
 LABEL_OWNER = "org.openhands-rt.owner"  # host/boot_id/pid/starttime
+LABEL_POOL = "org.openhands-rt.pool"  # the id of the SandboxPool that made it
 #: Host directories a runtime makes for its sandbox (in the temp directory) start so.
 HOST_DIR_PREFIX = "openhands-rt-"
 
@@ -117,10 +122,13 @@ class SandboxInfo:
 def _info(raw: dict[str, Any]) -> SandboxInfo:
     labels = raw.get("Labels") or {}
     owner = labels.get(LABEL_OWNER, "")
+    name = (raw.get("Names") or ["?"])[0].lstrip("/")
+    # The name, not the label: a pool's sandbox is renamed to its session when handed out.
+    session_id = name.removeprefix(CONTAINER_PREFIX) if name.startswith(CONTAINER_PREFIX) else ""
     return SandboxInfo(
-        name=(raw.get("Names") or ["?"])[0].lstrip("/"),
+        name=name,
         id=raw.get("Id", "")[:12],
-        session_id=labels.get(LABEL_SESSION, ""),
+        session_id=session_id or labels.get(LABEL_SESSION, ""),
         state=raw.get("State", ""),
         status=raw.get("Status", ""),
         image=raw.get("Image", ""),

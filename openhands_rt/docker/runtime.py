@@ -57,6 +57,7 @@ from openhands_rt.docker.engine import (
     Conflict,
     EngineError,
     EngineUnreachable,
+    NotFound,
     translated,
 )
 from openhands_rt.docker.restart import RestartBudget, restart_note
@@ -250,7 +251,9 @@ class DockerRuntime(AttachingRuntime):
                 RuntimeStatus.STARTING, f"creating {self.container_name} from {image}"
             )
             try:
-                with translated():
+                # Shielded: a create cancelled in flight may still be carried out by the
+                # engine after we looked for its container, which would then be left behind.
+                with anyio.CancelScope(shield=True), translated():
                     self.container = await self._client().containers.create(
                         body, name=self.container_name
                     )
@@ -386,6 +389,44 @@ class DockerRuntime(AttachingRuntime):
         state = snapshot.decode_shell(shell)
         if not await anyio.to_thread.run_sync(snapshot.write_shell_state, self._run_dir, state):
             logger.warning("%s: the shell starts as usual, not in the snapshot's state", self)
+
+    async def _change_session(self, session_id: str) -> None:
+        """Take ``session_id``: the container is renamed to it (:meth:`hand_over`).
+
+        Refused with :class:`SessionInUseError` when a runtime in this process
+        holds that session, or a container of that name exists (another
+        process's sandbox, kept alive or not).
+        """
+        if self.config.keep_runtime_alive:
+            # Found again by name and run directory; a renamed one would be another's.
+            raise SandboxError("a kept-alive sandbox cannot change its session id")
+        old = self.session_id
+        self._claim_session(session_id)
+        try:
+            if self.container is not None:
+                with translated():
+                    await self.container.rename(spec.CONTAINER_PREFIX + session_id)
+        except Conflict as exc:
+            self._release_session(session_id)
+            raise SessionInUseError(
+                f"session {session_id!r} is in use: a container named "
+                f"{spec.CONTAINER_PREFIX + session_id} exists",
+                session_id=session_id,
+                owner="",
+            ) from exc
+        except NotFound as exc:
+            self._release_session(session_id)
+            raise SandboxClosedError(f"{self.container_name} is gone: {exc.message}") from exc
+        except EngineError as exc:
+            self._release_session(session_id)
+            raise SandboxError(f"Docker refused to rename the sandbox: {exc.message}") from exc
+        except BaseException:
+            self._release_session(session_id)
+            raise
+        self.session_id = session_id
+        self._leases.session_id = session_id
+        self._leases.sandbox = self.container_name
+        self._release_session(old)
 
     # ------------------------------------------------------------------ death, restart, stop
 

@@ -46,7 +46,7 @@ from openhands_rt.docker.rundir import (
 )
 from openhands_rt.errors import SandboxError
 from openhands_rt.runtime import SandboxEndpoint
-from openhands_rt.sandboxes import LABEL_KEEP_ALIVE, LABEL_SESSION, owner_labels
+from openhands_rt.sandboxes import CONTAINER_PREFIX, LABEL_KEEP_ALIVE, LABEL_SESSION, owner_labels
 
 __all__ = [
     "CONTAINER_PREFIX",
@@ -68,8 +68,6 @@ __all__ = [
     "writable_places",
 ]
 
-#: The container's name is this prefix and the session id.
-CONTAINER_PREFIX = "openhands-runtime-"
 SERVER_PORT = 30150
 SERVER_PYTHON = "/openhands_rt/venv/bin/python"
 #: ``-I``: isolated; the server's path is the image's root-owned code and venv only.

@@ -11,6 +11,7 @@ import struct
 import tempfile
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -127,6 +128,23 @@ async def test_a_snapshot_event_is_kept_like_any_event(tmp_path: Path) -> None:
             None,
             EventSource.ENVIRONMENT,
         )
+
+
+async def test_copied_events_are_stored_as_they_are_and_reopen_so(tmp_path: Path) -> None:
+    original = await write_log(tmp_path / "original.log", 4)
+    path = tmp_path / "copy.log"
+    async with EventStream(log_path=path) as stream:
+        for event in original[:3]:
+            stream.append_copy(event)
+        with pytest.raises(ValueError, match="the next id, 3, not 0"):
+            stream.append_copy(original[0])
+        later = stream.append(sample(3))
+    assert read_log(path) == [*original[:3], later]
+    async with EventStream(log_path=path) as again:
+        assert list(again.iter_events()) == [*original[:3], later]
+        # Its own identity, not the original's.
+        assert again.stream_id != scan_log((tmp_path / "original.log").read_bytes()).log_id
+        assert again.append_copy(msgspec.structs.replace(original[3], id=4)).id == 4
 
 
 async def test_an_empty_file_becomes_a_new_log(tmp_path: Path) -> None:

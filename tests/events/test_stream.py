@@ -11,6 +11,7 @@ import threading
 import time
 import tracemalloc
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -104,6 +105,36 @@ def test_appending_an_event_that_has_an_id_raises_and_stores_nothing() -> None:
         stream.append(CmdRunAction(command="x", id=7))
     assert len(stream) == 1
     assert stream.append(cmd(1)).id == 1
+
+
+def test_append_copy_keeps_everything_and_accepts_only_the_next_id() -> None:
+    source = EventStream()
+    first = source.append(cmd(0), source=EventSource.USER)
+    second = source.append(
+        CmdOutputObservation(content="ok", command="echo 0", cause=first.id),
+        source=EventSource.ENVIRONMENT,
+    )
+    copy = EventStream()
+    copy.set_secrets({"ok": "ok"})  # a copy is stored as it is: never masked again
+    with pytest.raises(ValueError, match="the next id, 0, not 1"):
+        copy.append_copy(second)
+    with pytest.raises(ValueError, match="the next id, 0, not -1"):
+        copy.append_copy(cmd(5))
+    with pytest.raises(TypeError, match="expected an Event"):
+        copy.append_copy({"id": 0})  # type: ignore[type-var]
+    assert len(copy) == 0
+    assert copy.append_copy(first) == first
+    assert copy.append_copy(second) == second
+    assert list(copy.iter_events()) == [first, second]
+    assert copy.get(1).timestamp == second.timestamp
+    assert copy.get(1).source is EventSource.ENVIRONMENT
+    assert copy.get(1).cause == 0
+    assert copy.get(1).content == "ok"  # type: ignore[attr-defined]
+    # Appending goes on after the copies, with the stream's own ids and timestamps.
+    assert copy.append(cmd(2)).id == 2
+    copy.close()
+    with pytest.raises(StreamClosedError):
+        copy.append_copy(msgspec.structs.replace(first, id=3))
 
 
 def test_append_rejects_what_is_not_an_event() -> None:
