@@ -251,15 +251,15 @@ async def _open_fork_stream(log_path: str | os.PathLike[str] | None) -> EventStr
 
 
 # ------------------------------------------------------------------ the snapshot path
-# SNAPSHOT PATH (issue 18): snapshots are not on main yet. When they land, this asks the
-# engine which snapshot ids exist (openhands_rt.snapshots' lookup, list_snapshots()), and
-# _make_runtime passes the chosen one as DockerRuntime(..., snapshot=snapshot_id).
 
 
 async def _usable_snapshots(config: SandboxConfig, *, local: bool) -> frozenset[str]:
     """The snapshot ids a sandbox of ``config`` can start from on this engine."""
-    # No code can take a snapshot yet, so no engine has one: every fork starts fresh.
-    return frozenset()
+    if local:
+        return frozenset()  # a local sandbox has no image to start from
+    from openhands_rt.snapshots import list_snapshots
+
+    return frozenset(s.snapshot_id for s in await list_snapshots())
 
 
 def _make_runtime(
@@ -270,16 +270,13 @@ def _make_runtime(
     *,
     local: bool,
 ) -> EventStreamRuntime:
-    if snapshot_id is not None:
-        # Unreachable until _usable_snapshots reports snapshots (see above).
-        raise ForkError(f"starting a sandbox from snapshot {snapshot_id} is not supported yet")
     if local:
         from openhands_rt.local import LocalRuntime
 
         return LocalRuntime(stream, config, session_id=session_id)
     from openhands_rt.docker_runtime import DockerRuntime
 
-    return DockerRuntime(stream, config, session_id=session_id)
+    return DockerRuntime(stream, config, session_id=session_id, snapshot=snapshot_id)
 
 
 # ------------------------------------------------------------------ restoring

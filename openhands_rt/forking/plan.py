@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 
-from events import Action, Event, Observation
+from events import Action, Event, Observation, SnapshotObservation
 from openhands_rt.errors import SandboxError
 from openhands_rt.replay.recording import RecordedStep, Recording
 
@@ -59,17 +59,11 @@ class ForkPlan:
 
 
 # ------------------------------------------------------------------ the snapshot path
-# SNAPSHOT PATH (issue 18): until events.SnapshotObservation is on main, a snapshot event
-# is any observation with no cause that carries a non-empty ``snapshot_id`` (the field of
-# SnapshotObservation); once it is, this becomes ``isinstance(event, SnapshotObservation)``.
 
 
 def snapshot_id_of(event: Event) -> str | None:
     """The snapshot ``event`` records (``None``: it records none)."""
-    if not isinstance(event, Observation) or event.cause is not None:
-        return None
-    snapshot_id = getattr(event, "snapshot_id", None)
-    return snapshot_id if isinstance(snapshot_id, str) and snapshot_id else None
+    return event.snapshot_id if isinstance(event, SnapshotObservation) else None
 
 
 def latest_snapshot(

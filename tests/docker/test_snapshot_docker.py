@@ -17,7 +17,8 @@ import pytest
 from support import OCI_RUNTIMES, ConfigFactory, session_id, sh
 
 from events import EventSource, EventStream, SnapshotObservation
-from openhands_rt import DockerRuntime, SandboxError
+from openhands_rt import DockerRuntime, SandboxError, fork
+from openhands_rt.forking import ForkReport
 from openhands_rt.snapshots import (
     SNAPSHOT_REPOSITORY,
     list_snapshots,
@@ -277,3 +278,38 @@ async def test_remove_snapshot_refuses_one_a_sandbox_uses(
             await remove_snapshot(snap.snapshot_id)
     await remove_snapshot(snap.snapshot_id)
     assert not await image_exists(docker, f"{SNAPSHOT_REPOSITORY}:{snap.snapshot_id}")
+
+
+async def test_a_fork_past_a_snapshot_starts_from_it(
+    make_config: ConfigFactory, tmp_path: Path, docker: aiodocker.Docker
+) -> None:
+    config = make_config()
+    log = tmp_path / "source.log"
+    async with (
+        EventStream(log_path=log) as stream,
+        DockerRuntime(stream, config, session_id=session_id()) as rt,
+    ):
+        # Random: re-executing it would give another value (and a divergence).
+        await sh(rt, "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' > ~/rand.txt")
+        snap = await rt.snapshot()
+        await sh(rt, "echo after >> /workspace/after.txt")
+        source = await sh(rt, "cat ~/rand.txt /workspace/after.txt")
+        at = len(stream) - 1
+    reports: list[ForkReport] = []
+    async with fork(
+        log, at_event=at, config=config, session_id=session_id(), on_report=reports.append
+    ) as forked:
+        out = await sh(forked, "cat ~/rand.txt /workspace/after.txt")
+        assert out.content == source.content
+    (report,) = reports
+    assert report.snapshot_id == snap.snapshot_id
+    # Only what followed the snapshot ran again: the echo and the cat.
+    assert (report.executed, report.diverged) == (2, 0)
+    # Before the snapshot's event, the fork starts fresh and re-executes (and differs).
+    reports.clear()
+    async with fork(log, at_event=snap.id - 1, config=config, on_report=reports.append) as early:
+        assert (await sh(early, "test -e /workspace/after.txt || echo absent")).content.strip() == (
+            "absent"
+        )
+    assert reports[0].snapshot_id is None
+    await remove_snapshot(snap.snapshot_id, docker=docker)

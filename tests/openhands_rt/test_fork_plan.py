@@ -13,18 +13,11 @@ from events import (
     EventSource,
     EventStream,
     FileReadAction,
-    Observation,
     RuntimeStatus,
     RuntimeStatusObservation,
+    SnapshotObservation,
 )
 from openhands_rt.forking import ForkError, SnapshotChoice, latest_snapshot, plan_fork
-
-
-class Snapshot(Observation, frozen=True):
-    """The shape of events.SnapshotObservation (not on main yet): a snapshot id, no cause."""
-
-    snapshot_id: str
-    content: str = ""
 
 
 def history() -> list[Event]:
@@ -33,11 +26,11 @@ def history() -> list[Event]:
     s.append(CmdRunAction("echo a"))  # 1
     s.append(CmdOutputChunk(cause=1, seq=0, data="a\n"), source=EventSource.ENVIRONMENT)  # 2
     s.append(CmdOutputObservation("a", command="echo a", cause=1), source=EventSource.ENVIRONMENT)
-    s.append(Snapshot("snap-4"), source=EventSource.ENVIRONMENT)  # 4
+    s.append(SnapshotObservation("snap-4"), source=EventSource.ENVIRONMENT)  # 4
     s.append(CmdRunAction("C-c", is_input=True), source=EventSource.ENVIRONMENT)  # 5: not runnable
     s.append(FileReadAction("/workspace/x"))  # 6
     s.append(CmdOutputObservation("b", command="echo b", cause=6), source=EventSource.ENVIRONMENT)
-    s.append(Snapshot("snap-8"), source=EventSource.ENVIRONMENT)  # 8
+    s.append(SnapshotObservation("snap-8"), source=EventSource.ENVIRONMENT)  # 8
     s.append(CmdRunAction("echo c"), source=EventSource.USER)  # 9
     s.append(CmdOutputObservation("c", command="echo c", cause=9), source=EventSource.ENVIRONMENT)
     s.append(CmdRunAction("sleep 5"))  # 11: answered at 12
