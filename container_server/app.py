@@ -109,6 +109,7 @@ def create_app(settings: ServerSettings, executor: ActionExecutor | None = None)
             max_process_memory_mb=settings.max_process_memory_mb,
             allow_multiple_commands=settings.allow_multiple_commands,
             bash_path=settings.bash_path,
+            restore=settings.restore,
         )
     app = web.Application(
         middlewares=[auth_middleware],

@@ -81,7 +81,9 @@ from container_server.bash_process import (
     wait_gone,
 )
 from container_server.errors import ServerError
+from container_server.shell_state import ShellStateUnavailable, restored_environment
 from events import CmdOutputObservation, CmdRunAction, ErrorObservation
+from events.control import ShellState
 
 __all__ = ["BashSession", "BashSessionError", "BashStartError"]
 
@@ -121,8 +123,12 @@ class BashSession:
         rlimits: Mapping[int, tuple[int, int]] | None = None,
         allow_multiple_commands: bool = False,
         bash_path: str | None = None,
+        restore: ShellState | None = None,
     ) -> None:
         self._working_dir = working_dir
+        # A restored shell (container_server.shell_state) starts, and restarts, in that state.
+        self._start_dir = restore.cwd if restore is not None else working_dir
+        self._base_env = restored_environment(restore) if restore is not None else None
         self._bash_path = bash_path
         # resource.RLIMIT_* -> (soft, hard), applied to bash before it runs anything,
         # so every process the agent starts inherits them.
@@ -169,7 +175,15 @@ class BashSession:
         if self._proc is not None or self._core.closed:
             raise RuntimeError("a BashSession starts once")
         self._loop = asyncio.get_running_loop()
-        await self._spawn(self._working_dir)
+        start_dir = self._start_dir
+        if start_dir != self._working_dir and not os.path.isdir(start_dir):
+            logger.warning(
+                "the restored working directory %s does not exist; the shell starts in %s",
+                start_dir,
+                self._working_dir,
+            )
+            start_dir = self._working_dir
+        await self._spawn(start_dir)
 
     async def aclose(self) -> None:
         """Kill the shell's session, reap bash, close the PTY. Idempotent."""
@@ -240,6 +254,39 @@ class BashSession:
             if isinstance(result, ShellDied):
                 return await self._replace_shell(result)
             return result
+
+    async def run_internal(self, command: str) -> int | None:
+        """Run the server's own ``command`` in the idle shell; its exit code (None: the
+        shell exited). Bound it at the call site: a cancelled wait leaves the shell busy.
+
+        Its output is discarded and the agent's last command's unobserved output
+        and unreported end are kept (:meth:`BashCore.begin_internal`). Raises
+        :class:`ShellStateUnavailable` when the shell is not idle: a command runs
+        (after its timeout) or the shell is down.
+        """
+        self._raise_failure()
+        core = self._core
+        async with self._lock:
+            if core.exited_status is None and not core.closed and self._has_died():
+                await self._reap()
+            if core.closed or self._proc is None or core.exited_status is not None:
+                raise ShellStateUnavailable(
+                    "the shell is not running (a command's next action starts a new one)"
+                )
+            if core.is_running:
+                raise ShellStateUnavailable(
+                    "a command is still running in the shell; its state is read between "
+                    'commands: wait for it (send "") or stop it (send "C-c")'
+                )
+            loop = self._require_loop()
+            step = core.begin_internal(command, loop.time())
+            outcome: Outcome | None = None
+            try:
+                await self._write(step, core.write_deadline())
+                outcome = await self._wait()
+            finally:
+                status = core.finish_internal(outcome)
+            return status
 
     def send_key(self, key: bytes) -> bool:
         """Type a control key into the running command now, without waiting for the session.
@@ -442,6 +489,7 @@ class BashSession:
             username=self._username,
             user_id=self._user_id,
             env=self._extra_env,
+            base_env=self._base_env,
             rlimits=self._rlimits,
             bash_path=self._bash_path,
         )

@@ -16,7 +16,11 @@ and when (``now``, seconds on any monotonic clock), and asks it what to do:
   :class:`ShellDied` whose observation follows the restart);
 * :meth:`~BashCore.data_to_send` is what the core itself needs written: the
   empty line that makes bash prompt afresh after an ``eval`` that ended inside
-  a quote (see :mod:`container_server.bash_protocol`).
+  a quote (see :mod:`container_server.bash_protocol`);
+* :meth:`~BashCore.begin_internal` and :meth:`~BashCore.finish_internal` run a
+  command of the server's own between two actions (reading the shell's state):
+  its output is discarded and what the agent's last command left (output not
+  observed yet, an end not reported yet) is kept for the agent's next action.
 
 State (one shell at a time; a restart calls :meth:`~BashCore.shell_started`
 again)::
@@ -75,6 +79,8 @@ __all__ = [
 SESSION_NOT_RUNNING: Final = "ERROR: The bash session is not running."
 SESSION_CLOSED: Final = "ERROR: The bash session was closed."
 SESSION_CLOSED_WHILE_RUNNING: Final = "ERROR: The bash session was closed while the command ran."
+# The tty line discipline drops input past 4095 bytes per line.
+_MAX_INTERNAL_LINE_BYTES: Final = 4000
 # How much of a failed startup's output the error message quotes, in characters.
 _STARTUP_OUTPUT_CHARS: Final = 2000
 
@@ -164,6 +170,8 @@ class BashCore:
         self._last_activity = 0.0
         self._wait: _Wait | None = None
         self._to_send = bytearray()
+        # The agent's command's state, put aside while an internal command runs.
+        self._stashed: tuple[LastLinesBuffer, PromptInfo | None, bool] | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -471,6 +479,52 @@ class BashCore:
             ),
             hidden=died.action.hidden,
         )
+
+    # ------------------------------------------------------------------ internal commands
+
+    def begin_internal(self, line: str, now: float) -> bytes:
+        """Type the server's own ``line`` of bash into the idle shell at ``now``: the bytes
+        to write, after which a wait is open (no timeout of its own: the caller bounds it);
+        close it with :meth:`finish_internal`.
+
+        The line is typed as it is, not through ``eval`` (whose argument would be left
+        in ``$_``): it must be one complete line, short enough for the tty.
+        """
+        data = line.encode("utf-8") + b"\n"
+        if b"\n" in data[:-1] or len(data) > _MAX_INTERNAL_LINE_BYTES:
+            raise ValueError("an internal command is one line of at most 4000 bytes")
+        if self._running or self._wait is not None or self._exited_status is not None:
+            raise RuntimeError("an internal command runs only in an idle shell")
+        self._stashed = (self._output, self._completed, self._observed)
+        self._output = LastLinesBuffer(1024)
+        self._completed = None
+        self._reprompted = False
+        self._running = True
+        self._wait = _Wait(None, now, None, None, False, None, "")
+        self._last_activity = now
+        return data
+
+    def finish_internal(self, outcome: Outcome | None) -> int | None:
+        """Close the internal command's wait: its exit code if its prompt came back, else
+        None (``outcome`` None: the wait was abandoned, e.g. past the caller's deadline).
+
+        The agent's command's state is back as it was; a command that did not end
+        keeps the shell busy (the agent's next command is refused until ``C-c``).
+        """
+        stashed = self._stashed
+        assert stashed is not None, "no internal command runs"
+        info = self._completed
+        self._wait = None
+        self._stashed = None
+        self._output, self._completed, self._observed = stashed
+        if outcome is Outcome.COMPLETED and info is not None:
+            return info.exit_code
+        if outcome is not Outcome.EXITED:
+            self._completed = None
+            self._observed = True
+        else:
+            self._running = False
+        return None
 
     def _take_died(self, action: CmdRunAction, prefix: str, key_name: str | None) -> ShellDied:
         status = self._exited_status if self._exited_status is not None else -1

@@ -172,8 +172,19 @@ def exit_status(returncode: int) -> int:
 
 
 def _environment(
-    cwd: str, uid: int | None, username: str | None, extra: Mapping[str, str], shell: str
+    cwd: str,
+    uid: int | None,
+    username: str | None,
+    extra: Mapping[str, str],
+    shell: str,
+    base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
+    if base is not None:
+        # A restored shell's environment is the one it had, nothing added to it.
+        env = {k: v for k, v in base.items() if k not in _DROPPED_ENV}
+        env.update(extra)
+        env["PWD"] = cwd
+        return env
     env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
     env.update(_DEFAULT_ENV)
     if uid is not None:
@@ -225,14 +236,17 @@ async def spawn_bash(
     env: Mapping[str, str],
     rlimits: Mapping[int, tuple[int, int]],
     bash_path: str | None = None,
+    base_env: Mapping[str, str] | None = None,
 ) -> tuple[asyncio.subprocess.Process, int]:
     """Start an interactive bash on a new PTY; returns it and the PTY's non-blocking master.
 
     ``bash_path``: the binary to start (a runtime bundle's static bash); default:
-    ``bash`` on the PATH.
+    ``bash`` on the PATH. ``base_env``: the whole environment to start with
+    (a restored shell's) instead of the server's with the defaults; ``env`` is
+    added to either.
     """
     uid = _target_uid(username, user_id)
-    environment = _environment(cwd, uid, username, env, bash_path or "/bin/bash")
+    environment = _environment(cwd, uid, username, env, bash_path or "/bin/bash", base_env)
     bash = bash_path or shutil.which("bash", path=environment.get("PATH", os.defpath))
     if bash is None:
         raise BashStartError("bash was not found on PATH")

@@ -60,6 +60,7 @@ __all__ = [
     "format_seconds",
     "hard_timeout_suffix",
     "not_executed_suffix",
+    "quoted_word",
     "restart_note",
     "setup_script",
     "soft_timeout_suffix",
@@ -155,7 +156,7 @@ def _ansi_c_quote(text: str) -> str:
     return "$'" + text.translate(_QUOTE_TABLE) + "'"
 
 
-def _quoted_word(text: str) -> str:
+def quoted_word(text: str) -> str:
     """``text`` as one bash word spread over lines short enough for the tty."""
     if len(text) <= _PIECE_CHARS:
         return _ansi_c_quote(text)
@@ -171,11 +172,9 @@ def encode_command(command: str, *, cwd: str | None = None) -> bytes:
     With ``cwd`` the command runs in that directory and the shell's own working
     directory is restored at the next prompt (also after ``C-c``).
     """
-    line = f"\\builtin eval -- {_quoted_word(command)}\n"
+    line = f"\\builtin eval -- {quoted_word(command)}\n"
     if cwd is not None:
-        line = (
-            f"__oh_back=$PWD; __oh_backold=$OLDPWD; \\builtin cd -- {_quoted_word(cwd)} && {line}"
-        )
+        line = f"__oh_back=$PWD; __oh_backold=$OLDPWD; \\builtin cd -- {quoted_word(cwd)} && {line}"
     return line.encode("utf-8", "replace")
 
 

@@ -2,8 +2,9 @@
 
 A connection is attached to the hub (:mod:`container_server.hub`) for as long
 as it is open. Incoming frames are read by the handler itself and classified
-by :func:`parse_frame` (pure): an action to submit, an interrupt request, or a
-frame refused with an ``ErrorObservation``. Outgoing frames go through the
+by :func:`parse_frame` (pure): an action to submit, a control request (an
+interrupt, a request for the shell's state: :mod:`events.control`), or a frame
+refused with an ``ErrorObservation``. Outgoing frames go through the
 connection's outbox and one writer task, which lives in a task group owned by
 the handler: the handler returns only once the writer sent what was queued,
 and a writer that fails for any reason but a gone peer fails the handler.
@@ -28,7 +29,16 @@ from events import (
     decode_event,
     encode_event,
 )
-from events.control import ControlDecodeError, InterruptRequest, decode_control
+from events.control import (
+    ControlDecodeError,
+    ControlReply,
+    InterruptRequest,
+    ShellState,
+    ShellStateError,
+    ShellStateRequest,
+    decode_control,
+    encode_control,
+)
 from events.wire import (
     ACTION_TYPES,
     CLIENT_ID_PARAM,
@@ -61,7 +71,7 @@ class Refuse:
     error: ErrorObservation
 
 
-Frame = Submit | InterruptRequest | Refuse
+Frame = Submit | InterruptRequest | ShellStateRequest | Refuse
 
 
 def parse_frame(data: bytes | str) -> Frame:
@@ -103,13 +113,17 @@ def handle_frame(hub: ChannelHub, attachment: Attachment, data: bytes | str) -> 
             hub.submit(attachment, action)
         case InterruptRequest(action_id=action_id):
             hub.interrupt(attachment, action_id)
+        case ShellStateRequest(request_id=request_id):
+            hub.shell_state(attachment, request_id)
         case Refuse(error):
             hub.send(attachment, error)
         case _:
             assert_never(frame)
 
 
-def _encode_bounded(event: Event, max_bytes: int) -> bytes:
+def _encode_bounded(event: Event | ControlReply, max_bytes: int) -> bytes:
+    if isinstance(event, ShellState | ShellStateError):
+        return _encode_reply(event, max_bytes)
     frame = encode_event(event)
     if len(frame) <= max_bytes:
         return frame
@@ -120,6 +134,19 @@ def _encode_bounded(event: Event, max_bytes: int) -> bytes:
             f"{max_bytes}-byte frame limit; read the file in ranges or download it instead.",
             error_id=ErrorId.OBSERVATION_TOO_LARGE,
             cause=event.cause,
+        )
+    )
+
+
+def _encode_reply(reply: ControlReply, max_bytes: int) -> bytes:
+    frame = encode_control(reply)
+    if len(frame) <= max_bytes:
+        return frame
+    return encode_control(
+        ShellStateError(
+            reply.request_id,
+            f"the shell's state is {len(frame)} bytes encoded, over the channel's "
+            f"{max_bytes}-byte frame limit",
         )
     )
 

@@ -5,6 +5,7 @@ Tree (each module's errors derive from :class:`ServerError`)::
     ServerError
     ├── BashStartError          the shell could not be started (container_server.bash)
     ├── BashSessionError        the shell's PTY reader or exit watcher failed (bash)
+    ├── ShellStateUnavailable   the shell's state cannot be read now (container_server.shell_state)
     ├── KernelStartError        the Jupyter kernel could not be started (container_server.jupyter)
     ├── PluginLoadError         a plugin name nobody provides, or not a Plugin (plugin_registry)
     ├── ReadError               a file action's path cannot be read (container_server.files)

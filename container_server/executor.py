@@ -15,14 +15,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
+import shutil
+import tempfile
+from collections.abc import Collection
 from typing import assert_never
+
+import anyio
 
 from container_server.bash import BashSession
 from container_server.chunks import ChunkCoalescer, ChunkSink
 from container_server.editor import FileEditor
 from container_server.files import read_file, write_file
 from container_server.plugins import PluginHost
+from container_server.shell_state import (
+    CAPTURE_TIMEOUT,
+    ShellStateUnavailable,
+    capture_script,
+    parse_capture,
+)
 from events import (
     CmdOutputMetadata,
     CmdOutputObservation,
@@ -34,6 +46,7 @@ from events import (
     IPythonRunCellAction,
     Observation,
 )
+from events.control import ShellState
 from events.wire import ACTION_TYPES, ErrorId, RunnableAction, special_key
 
 __all__ = ["ACTION_TYPES", "ActionExecutor", "RunnableAction"]
@@ -57,6 +70,7 @@ class ActionExecutor:
         max_process_memory_mb: int | None = None,
         allow_multiple_commands: bool = False,
         bash_path: str | None = None,
+        restore: ShellState | None = None,
     ) -> None:
         rlimits: dict[int, tuple[int, int]] = {}
         if max_process_memory_mb is not None:
@@ -72,6 +86,7 @@ class ActionExecutor:
             rlimits=rlimits,
             allow_multiple_commands=allow_multiple_commands,
             bash_path=bash_path,
+            restore=restore,
         )
         self.editor = FileEditor()
         self.plugins = plugins or PluginHost()
@@ -96,6 +111,42 @@ class ActionExecutor:
                 error_id=ErrorId.INTERNAL_ERROR,
             )
         return observation
+
+    async def shell_state(self, earlier: Collection[asyncio.Future[None]] = ()) -> ShellState:
+        """The shell's working directory and exported environment (container_server.shell_state).
+
+        Read once the shell actions already waiting for the shell and the
+        ``earlier`` runs have finished, and before any shell action that comes
+        after this call: the call takes its place in the shell's queue at once
+        (before its first await). :class:`ShellStateUnavailable` when the shell
+        is not idle then (a command still runs after its timeout) or is down.
+        """
+        async with self._bash_lock:
+            if earlier:
+                await asyncio.wait(earlier)
+            directory = await anyio.to_thread.run_sync(
+                tempfile.mkdtemp, None, "openhands-rt-shell-"
+            )
+            try:
+                path = os.path.join(directory, "state")
+                try:
+                    with anyio.fail_after(CAPTURE_TIMEOUT):
+                        status = await self.bash.run_internal(capture_script(path))
+                except TimeoutError:
+                    raise ShellStateUnavailable(
+                        f"the shell did not come back to its prompt within {CAPTURE_TIMEOUT} s "
+                        "while its state was read"
+                    ) from None
+                if status is None:
+                    raise ShellStateUnavailable("the shell exited while its state was read")
+                try:
+                    return parse_capture(await anyio.Path(path).read_bytes())
+                except (OSError, ValueError) as exc:
+                    raise ShellStateUnavailable(
+                        f"the shell's state could not be read: {exc}"
+                    ) from exc
+            finally:
+                await anyio.to_thread.run_sync(shutil.rmtree, directory, True)
 
     def interrupt(self, action: RunnableAction) -> bool:
         """Interrupt ``action`` if it is running in a plugin (an IPython cell); see control.py.

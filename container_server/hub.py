@@ -16,6 +16,12 @@ group and with it the service, loudly.
 Each connection's outgoing frames go through its :class:`Outbox`, drained by
 that connection's one writer (:mod:`container_server.channel`), so the chunks
 of an action always precede its observation on the wire.
+
+A request for the shell's state (:meth:`ChannelHub.shell_state`) is a task
+of the same group: it is answered once the requesting client's earlier actions
+have finished (:meth:`ActionExecutor.shell_state
+<container_server.executor.ActionExecutor.shell_state>`), on the connection
+that asked (a client whose connection dropped has failed the request itself).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Self, assert_never
+
+import msgspec
 
 from container_server.executor import ActionExecutor
 from container_server.hub_core import (
@@ -38,7 +46,9 @@ from container_server.hub_core import (
     Interrupt,
     Start,
 )
+from container_server.shell_state import ShellStateUnavailable
 from events import CmdOutputChunk, ErrorObservation, Event, Observation
+from events.control import ControlReply, ShellStateError
 from events.wire import ErrorId, RunnableAction
 
 __all__ = ["Attachment", "ChannelHub", "Outbox"]
@@ -63,13 +73,13 @@ class Outbox:
     def __init__(
         self, *, max_frames: int = 10_000, on_overflow: Callable[[], None] | None = None
     ) -> None:
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Event | ControlReply | None] = asyncio.Queue()
         self._max_frames = max_frames
         self._on_overflow = on_overflow
         self.closed = False
         self.overflowed = False
 
-    def put(self, event: Event) -> None:
+    def put(self, event: Event | ControlReply) -> None:
         if self.closed:
             return
         if self._queue.qsize() >= self._max_frames:
@@ -86,11 +96,11 @@ class Outbox:
             self.closed = True
             self._queue.put_nowait(None)
 
-    async def get(self) -> Event | None:
+    async def get(self) -> Event | ControlReply | None:
         """The next frame, waiting for one; None once the outbox is closed and drained."""
         return await self._queue.get()
 
-    def get_nowait(self) -> Event | None:
+    def get_nowait(self) -> Event | ControlReply | None:
         """The next frame if one is queued (raises asyncio.QueueEmpty otherwise)."""
         return self._queue.get_nowait()
 
@@ -113,7 +123,9 @@ class ChannelHub:
         # asyncio's own task group, not anyio's: an action's task is started per action,
         # and anyio's start_soon costs ~40 us more per task (a cancel scope each).
         self._task_group: asyncio.TaskGroup | None = None
-        self._runs: set[asyncio.Task[None]] = set()
+        # Every action's run, by the client whose it is.
+        self._runs: dict[asyncio.Task[None], str] = {}
+        self._requests: set[asyncio.Task[None]] = set()
         self._closed = False
         self.last_activity = time.monotonic()
 
@@ -144,7 +156,7 @@ class ChannelHub:
         task_group, self._task_group = self._task_group, None
         self._closed = True
         assert task_group is not None
-        for run in self._runs:
+        for run in [*self._runs, *self._requests]:
             run.cancel()
         try:
             await task_group.__aexit__(exc_type, exc, tb)
@@ -205,6 +217,40 @@ class ChannelHub:
             logger.info("interrupt of action %d: it is not running", action_id)
         self._apply(decisions)
 
+    def shell_state(self, attachment: Attachment, request_id: int) -> None:
+        """Answer ``attachment`` with the shell's state once its client's actions sent
+        before this request have finished (a :class:`ShellState` or a :class:`ShellStateError`)."""
+        if self._task_group is None:
+            self._reply(attachment, ShellStateError(request_id, "the server is shutting down"))
+            return
+        client_id = attachment.client_id
+        earlier = [run for run, owner in self._runs.items() if owner == client_id]
+        request = self._task_group.create_task(
+            self._shell_state(attachment, request_id, earlier),
+            name=f"shell state {client_id}/{request_id}",
+        )
+        self._requests.add(request)
+        request.add_done_callback(self._requests.discard)
+
+    async def _shell_state(
+        self, attachment: Attachment, request_id: int, earlier: list[asyncio.Task[None]]
+    ) -> None:
+        reply: ControlReply
+        try:
+            state = await self._executor.shell_state(earlier)
+            reply = msgspec.structs.replace(state, request_id=request_id)
+        except ShellStateUnavailable as exc:
+            reply = ShellStateError(request_id, str(exc))
+        except Exception as exc:
+            logger.exception("reading the shell's state failed")
+            reply = ShellStateError(request_id, f"{type(exc).__name__}: {exc}")
+        self._reply(attachment, reply)
+
+    def _reply(self, attachment: Attachment, reply: ControlReply) -> None:
+        outbox = self._outboxes.get(attachment)
+        if outbox is not None:
+            outbox.put(reply)
+
     # ------------------------------------------------------------------ decisions
 
     def _apply(self, decisions: list[Decision]) -> None:
@@ -217,8 +263,8 @@ class ChannelHub:
                     run = self._task_group.create_task(
                         self._run(client_id, action), name=f"action {client_id}/{action.id}"
                     )
-                    self._runs.add(run)
-                    run.add_done_callback(self._runs.discard)
+                    self._runs[run] = client_id
+                    run.add_done_callback(self._forget_run)
                 case Greet(attachment):
                     for event in self._greeting() if self._greeting is not None else ():
                         self.send(attachment, event)
@@ -231,6 +277,9 @@ class ChannelHub:
                         logger.info("interrupt of action %d: nothing to interrupt", action.id)
                 case _:
                     assert_never(decision)
+
+    def _forget_run(self, run: asyncio.Task[None]) -> None:
+        del self._runs[run]
 
     async def _run(self, client_id: str, action: RunnableAction) -> None:
         def on_chunk(chunk: CmdOutputChunk) -> None:

@@ -8,6 +8,11 @@ Once ``/alive`` answers "ok" the first line on standard output is
 ``listening on http://HOST:PORT`` (or ``listening on unix:PATH`` with
 ``--unix-socket``).
 
+``--shell-state FILE``: if FILE exists (JSON of an :class:`events.control.ShellState`,
+written by the host from a snapshot), the shell starts in that working
+directory with that exported environment (:mod:`container_server.shell_state`).
+Read at start like the key file: as root, before the privileges are dropped.
+
 Started as root with ``--username`` (in a container): the key is read, the
 sandbox user prepared and the listening socket made while still root (so the
 socket's peer credentials name uid 0, which no sandbox process has); then the
@@ -40,7 +45,9 @@ from container_server.privileges import (
     prepare_sandbox_user,
 )
 from container_server.seccomp import install_filter
+from container_server.shell_state import read_state_file
 from events.allocator import settle_allocator
+from events.control import ShellState
 from events.wire import READY_LINE_PREFIX
 
 __all__ = ["main", "parse_args"]
@@ -58,6 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--api-key-file",
         default=None,
         help="read the session API key from this file instead of SESSION_API_KEY",
+    )
+    p.add_argument(
+        "--shell-state",
+        default=None,
+        help="start the shell in the state this file holds, if it exists (a snapshot's)",
     )
     p.add_argument("--plugins", nargs="*", default=[], help="plugins to initialize")
     p.add_argument("--username", default=None, help="user the shell runs as (server as root)")
@@ -133,7 +145,12 @@ def listen(args: argparse.Namespace) -> tuple[socket.socket, str]:
 
 
 async def serve(
-    args: argparse.Namespace, api_key: str, notes: list[str], sock: socket.socket, where: str
+    args: argparse.Namespace,
+    api_key: str,
+    notes: list[str],
+    sock: socket.socket,
+    where: str,
+    restore: ShellState | None = None,
 ) -> int:
     settings = ServerSettings(
         working_dir=os.path.abspath(args.working_dir),
@@ -149,6 +166,7 @@ async def serve(
         max_process_memory_mb=args.max_process_memory_mb,
         allow_multiple_commands=args.allow_multiple_commands,
         bash_path=args.bash,
+        restore=restore,
     )
     try:
         app = create_app(settings)
@@ -248,6 +266,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        restore = read_state_file(args.shell_state) if args.shell_state else None
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read the shell state file: {exc}", file=sys.stderr)
+        return 2
+    if restore is not None:
+        logger.info("the shell starts in the state of %s", args.shell_state)
     os.makedirs(args.working_dir, exist_ok=True)
     notes: list[str] = []
     identity = None
@@ -291,6 +316,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: cannot drop privileges: {exc}", file=sys.stderr)
             return 2
     try:
-        return asyncio.run(serve(args, api_key, notes, sock, where))
+        return asyncio.run(serve(args, api_key, notes, sock, where, restore))
     except KeyboardInterrupt:
         return 130

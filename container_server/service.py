@@ -31,6 +31,7 @@ from container_server.hub import ChannelHub
 from container_server.plugins import PluginStatus
 from container_server.transfer import DEFAULT_MAX_MEMBERS
 from events import Event, RuntimeStatus, RuntimeStatusObservation
+from events.control import ShellState
 from events.wire import MAX_FRAME_BYTES
 
 __all__ = ["DEFAULT_MAX_FRAME_BYTES", "STATE", "ServerSettings", "ServerState", "lifecycle"]
@@ -60,6 +61,8 @@ class ServerSettings:
     max_upload_members: int = DEFAULT_MAX_MEMBERS
     #: The shell's binary; None: ``bash`` on the PATH (a bundle brings its own).
     bash_path: str | None = None
+    #: The state the shell starts in (a snapshot's); None: a fresh shell in ``working_dir``.
+    restore: ShellState | None = None
 
 
 class ServerState:

@@ -12,6 +12,10 @@ If the connection cannot be re-established within ``reconnect_deadline``
 seconds, every pending action is answered with an ``ErrorObservation``
 (``error_id=ErrorId.CONNECTION_LOST``) and a ``RuntimeStatusObservation(error)`` is
 reported.
+
+Beside the actions, :meth:`ChannelClient.shell_state` asks for the shell's
+working directory and exported environment (a control frame, never on the
+stream), read after every action sent before it has finished.
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from events import Action, Event
 from events.allocator import settle_allocator
+from events.control import ShellState
 from events.wire import API_KEY_HEADER, CLIENT_ID_PARAM, MAX_FRAME_BYTES
 from openhands_rt.channel_core import ChannelProtocol
-from openhands_rt.errors import SandboxConnectionError
+from openhands_rt.errors import SandboxConnectionError, SandboxError
 
 __all__ = ["API_KEY_HEADER", "ChannelClient"]
 
@@ -128,6 +133,7 @@ class ChannelClient:
         self._reader_scope: anyio.CancelScope | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self.reconnects = 0
+        self._state_waiters: dict[int, asyncio.Future[ShellState]] = {}
 
     @property
     def pending(self) -> Mapping[int, bytes]:
@@ -205,6 +211,7 @@ class ChannelClient:
     def close_soon(self) -> None:
         """Like :meth:`aclose`, from synchronous code: the reader closes the socket as it ends."""
         self.protocol.close()
+        self._deliver_shell_states()
         if self._reader_scope is not None:
             self._reader_scope.cancel()
 
@@ -232,6 +239,27 @@ class ChannelClient:
         """
         self.protocol.interrupt(action_id)
         await self._flush()
+
+    async def shell_state(self) -> ShellState:
+        """The shell's working directory and exported environment, between two actions.
+
+        Read by the server once every action this client sent before the call
+        has finished, and before any shell action sent after it; it is not an
+        event and appears on no stream. Raises :class:`SandboxConnectionError`
+        when the connection is lost (or the channel fails or closes) before the
+        answer, or is not open; :class:`SandboxError` when the server cannot
+        read the state now (a command still runs in the shell after its
+        timeout: interrupt it or wait for it first).
+        """
+        loop = asyncio.get_running_loop()
+        request_id = self.protocol.request_shell_state()
+        waiter: asyncio.Future[ShellState] = loop.create_future()
+        self._state_waiters[request_id] = waiter
+        try:
+            await self._flush()
+            return await waiter
+        finally:
+            self._state_waiters.pop(request_id, None)
 
     def fail_pending(self, reason: str, *, permanently: bool = True) -> None:
         """Answer every pending action with an error (e.g. the container died)."""
@@ -268,6 +296,7 @@ class ChannelClient:
                     if not self.protocol.is_open():
                         return  # closed meanwhile
                     self.protocol.disconnected(_now())
+                    self._deliver_shell_states()
                     logger.warning("action channel to %s lost; reconnecting", self._url)
                     await self._reconnect()
             except Exception as exc:
@@ -301,6 +330,24 @@ class ChannelClient:
     def _deliver(self) -> None:
         for event in self.protocol.events_received():
             self._on_event(event)
+        if self.protocol.has_shell_states:
+            self._deliver_shell_states()
+
+    def _deliver_shell_states(self) -> None:
+        for request_id, answer in self.protocol.shell_states_received():
+            waiter = self._state_waiters.get(request_id)
+            if waiter is None or waiter.done():
+                continue  # its caller was cancelled
+            if isinstance(answer, ShellState):
+                waiter.set_result(answer)
+            elif isinstance(answer, str):
+                waiter.set_exception(
+                    SandboxConnectionError(f"the shell's state was not read: {answer}")
+                )
+            else:
+                waiter.set_exception(
+                    SandboxError(f"the sandbox cannot read its shell's state: {answer.message}")
+                )
 
     async def _flush(self) -> None:
         self._deliver()

@@ -11,6 +11,8 @@ readings as arguments, and reads back the decisions:
 
 - :meth:`~ChannelProtocol.data_to_send`: frames to write on the current connection;
 - :meth:`~ChannelProtocol.events_received`: events to deliver to the owner;
+- :meth:`~ChannelProtocol.shell_states_received`: answers to requests for the
+  shell's state (:meth:`~ChannelProtocol.request_shell_state`);
 - :attr:`~ChannelProtocol.next_attempt`: when to try to reconnect (clock time);
   ``None`` while connected, after giving up, or once closed.
 
@@ -26,6 +28,12 @@ The rules it keeps:
   server answers a resent id from its cache) is dropped; so are chunks of
   actions that are not pending.
 - When a connection opens, every pending action is (re)sent, in id order.
+- A request for the shell's state is sent only on an open connection and is
+  answered once: by the server's :class:`~events.control.ShellState` or
+  :class:`~events.control.ShellStateError`, or with a reason when the
+  connection drops before (it is not resent: the state it would read is no
+  longer the one asked for), when the channel fails or closes, or at once
+  when no connection is open.
 - After a drop, the first attempt is immediate; after each failed attempt the
   next waits ``backoff`` seconds (doubling from ``backoff_start`` up to
   ``backoff_max``); once the next attempt would start past
@@ -57,11 +65,19 @@ from events import (
     encode_event,
 )
 from events.codec import AnyEvent
-from events.control import InterruptRequest, encode_control
+from events.control import (
+    ControlDecodeError,
+    InterruptRequest,
+    ShellState,
+    ShellStateError,
+    ShellStateRequest,
+    decode_reply,
+    encode_control,
+)
 from events.wire import ErrorId
 from openhands_rt.errors import SandboxClosedError
 
-__all__ = ["BACKOFF_MAX", "BACKOFF_START", "ChannelProtocol", "ChannelState"]
+__all__ = ["BACKOFF_MAX", "BACKOFF_START", "ChannelProtocol", "ChannelState", "ShellStateAnswer"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +101,11 @@ _OPEN: Final = ChannelState.OPEN
 _RECONNECTING: Final = ChannelState.RECONNECTING
 _GAVE_UP: Final = ChannelState.GAVE_UP
 _CLOSED: Final = ChannelState.CLOSED
+
+
+#: A request's answer: the state, the server's reason why there is none, or the channel's
+#: (a lost connection, a failed or closed channel).
+ShellStateAnswer = tuple[int, ShellState | ShellStateError | str]
 
 
 class ChannelProtocol:
@@ -114,6 +135,10 @@ class ChannelProtocol:
         self._last_error = "connection closed"
         self._outgoing: list[bytes] = []
         self._incoming: list[Event] = []
+        #: Requests for the shell's state sent and not answered yet.
+        self.state_requests: set[int] = set()
+        self._next_request_id = 0
+        self._state_answers: list[ShellStateAnswer] = []
 
     def is_open(self) -> bool:
         """Whether a connection is open (frames go out now)."""
@@ -130,6 +155,15 @@ class ChannelProtocol:
         """Events to deliver to the owner, in order (and forget them)."""
         events, self._incoming = self._incoming, []
         return events
+
+    @property
+    def has_shell_states(self) -> bool:
+        return bool(self._state_answers)
+
+    def shell_states_received(self) -> list[ShellStateAnswer]:
+        """Answers to requests for the shell's state, in order (and forget them)."""
+        answers, self._state_answers = self._state_answers, []
+        return answers
 
     # ------------------------------------------------------------------ the owner
 
@@ -157,6 +191,23 @@ class ChannelProtocol:
         if action_id in self.pending and self.state is _OPEN:
             self._outgoing.append(encode_control(InterruptRequest(action_id)))
 
+    def request_shell_state(self) -> int:
+        """Ask for the shell's state; returns the request's id, which its answer carries."""
+        if self.state is _CLOSED:
+            raise SandboxClosedError("the action channel is closed")
+        self._next_request_id += 1
+        request_id = self._next_request_id
+        if self.failed is not None:
+            self._state_answers.append((request_id, self.failed))
+        elif self.state is not _OPEN:
+            self._state_answers.append(
+                (request_id, f"the action channel is not connected ({self.state.value})")
+            )
+        else:
+            self.state_requests.add(request_id)
+            self._outgoing.append(encode_control(ShellStateRequest(request_id)))
+        return request_id
+
     def fail(self, reason: str, *, permanently: bool = True) -> None:
         """Answer every pending action with an error (e.g. the sandbox died).
 
@@ -166,6 +217,7 @@ class ChannelProtocol:
             self.failed = reason
         for action_id in sorted(self.pending):
             self._answer_error(action_id, reason)
+        self._fail_state_requests(reason)
 
     def died(self, reason: str) -> None:
         """The reader ended by an error: fail for good, and say so after the answers."""
@@ -177,6 +229,7 @@ class ChannelProtocol:
         self.state = _CLOSED
         self.next_attempt = None
         self._outgoing.clear()
+        self._fail_state_requests("the action channel was closed")
 
     # ------------------------------------------------------------------ the connection
 
@@ -194,6 +247,7 @@ class ChannelProtocol:
             return
         self.state = _RECONNECTING
         self._outgoing.clear()  # they were for the lost connection; pending ones are resent
+        self._fail_state_requests("the connection to the sandbox was lost")
         self._deadline = now + self.reconnect_deadline
         self._backoff = self._backoff_start
         self._last_error = "connection closed"
@@ -222,7 +276,7 @@ class ChannelProtocol:
         try:
             event = decode_event(data)
         except EventDecodeError as exc:
-            logger.warning("dropping an undecodable frame from the sandbox: %s", exc)
+            self._control_frame(data, exc)
             return
         if event.id >= 0:
             # Ids are the host stream's to give; the server's numbering means nothing here.
@@ -241,6 +295,22 @@ class ChannelProtocol:
         self._incoming.append(routed)
 
     # ------------------------------------------------------------------ internals
+
+    def _control_frame(self, data: bytes | str, error: EventDecodeError) -> None:
+        try:
+            reply = decode_reply(data)
+        except ControlDecodeError:
+            logger.warning("dropping an undecodable frame from the sandbox: %s", error)
+            return
+        if reply.request_id not in self.state_requests:
+            return  # failed already (the connection dropped meanwhile), or never ours
+        self.state_requests.discard(reply.request_id)
+        self._state_answers.append((reply.request_id, reply))
+
+    def _fail_state_requests(self, reason: str) -> None:
+        for request_id in sorted(self.state_requests):
+            self._state_answers.append((request_id, reason))
+        self.state_requests.clear()
 
     def _give_up(self) -> None:
         reason = f"could not reconnect within {self.reconnect_deadline} s ({self._last_error})"

@@ -4,6 +4,11 @@ No isolation at all — for development, tests and benchmarks. The server runs
 ``sys.executable -m container_server`` on 127.0.0.1 with a random session key
 and a free port; ``close()`` stops it (SIGTERM, then SIGKILL after a grace
 period) and the server stops its shell, so nothing is left behind.
+
+``shell_state``: the shell starts in that state (a snapshot's working
+directory and exported environment, :class:`events.control.ShellState`),
+handed to the server in a private file (``--shell-state``), as a Docker
+sandbox gets it through its run directory.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import AsyncIterator
 import anyio
 
 from events import EventStream
+from events.control import ShellState, encode_control
 from events.wire import CHANNEL_PATH, READY_LINE_PREFIX
 from openhands_rt.config import SandboxConfig
 from openhands_rt.errors import SandboxStartError
@@ -34,6 +40,7 @@ __all__ = ["LocalRuntime"]
 logger = logging.getLogger(__name__)
 
 _STOP_GRACE_SECONDS = 5.0
+_STATE_FILE = "shell-state.json"
 _READ_SIZE = 65536
 
 
@@ -49,8 +56,11 @@ class LocalRuntime(EventStreamRuntime):
         *,
         session_id: str | None = None,
         client_id: str | None = None,
+        shell_state: ShellState | None = None,
     ) -> None:
         super().__init__(stream, config, session_id=session_id, client_id=client_id)
+        #: The state the shell starts in (each start of the server); None: a fresh shell.
+        self.initial_shell_state = shell_state
         self.process: asyncio.subprocess.Process | None = None
         self.working_dir: str | None = None
         self._temp_dir: str | None = None
@@ -69,15 +79,30 @@ class LocalRuntime(EventStreamRuntime):
         api_key = secrets.token_urlsafe(32)
         env = {**os.environ, **self.config.env, "SESSION_API_KEY": api_key}
         args = self._server_command(self.working_dir)
-        self.process = await asyncio.create_subprocess_exec(
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
-        process = self.process
+        state_dir = None
+        if self.initial_shell_state is not None:
+            state_dir = await anyio.to_thread.run_sync(
+                _write_state_file, self.session_id, self.initial_shell_state
+            )
+            args += ["--shell-state", os.path.join(state_dir, _STATE_FILE)]
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+            )
+            return await self._until_listening(self.process, api_key)
+        finally:
+            if state_dir is not None:
+                # Read by the server before it listens (or it failed): no longer needed.
+                await anyio.to_thread.run_sync(shutil.rmtree, state_dir, True)
+
+    async def _until_listening(
+        self, process: asyncio.subprocess.Process, api_key: str
+    ) -> SandboxEndpoint:
         assert process.stdout is not None
         self._drain_scope = anyio.CancelScope()
         stderr_done = anyio.Event()
@@ -186,6 +211,15 @@ class LocalRuntime(EventStreamRuntime):
             # The workspace may hold anything the agent made: not on the event loop.
             await asyncio.to_thread(shutil.rmtree, self._temp_dir, ignore_errors=True)
             self._temp_dir = None
+
+
+def _write_state_file(session_id: str, state: ShellState) -> str:
+    """A new private directory holding ``state`` (msgspec JSON) for the server's start."""
+    directory = tempfile.mkdtemp(prefix=f"openhands-rt-{session_id}-state-")
+    fd = os.open(os.path.join(directory, _STATE_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(encode_control(state))
+    return directory
 
 
 async def _lines(reader: asyncio.StreamReader) -> AsyncIterator[str]:

@@ -40,6 +40,7 @@ from events import (
     Subscription,
 )
 from events.codec import AnyEvent
+from events.control import ShellState
 from events.wire import ACTION_TYPES, is_runnable, special_key
 from openhands_rt.channel import ChannelClient
 from openhands_rt.config import SandboxConfig
@@ -437,6 +438,17 @@ class EventStreamRuntime:
             raise
         finally:
             self._waiters.pop(stored.id, None)
+
+    async def shell_state(self) -> ShellState:
+        """The sandbox shell's working directory and exported environment, between actions.
+
+        Read after every action sent before the call has finished; nothing is
+        appended to the stream. See :meth:`ChannelClient.shell_state
+        <openhands_rt.channel.ChannelClient.shell_state>` for its errors.
+        """
+        if self._closed or self._channel is None:
+            raise SandboxClosedError("the runtime is not connected")
+        return await self._channel.shell_state()
 
     async def _interrupt(self, action: Action, answered: asyncio.Future[Observation]) -> None:
         """Interrupt ``action`` (its run() was cancelled) and wait, bounded, for its answer."""

@@ -13,6 +13,12 @@ The run directory is also what names a sandbox's owner: its lease
 (:mod:`openhands_rt.leases`) is an ``flock`` on a file in it, and a kept-alive
 sandbox is found again through the bind mount (:func:`run_dir_of`).
 
+A sandbox restored from a snapshot finds the shell's state there too
+(:func:`write_shell_state`, :data:`SHELL_STATE_FILE`): written before the
+container starts, read by the server as root at its start, like the key; the
+server is always told where to look and starts a fresh shell when the file is
+not there.
+
 With a read-only root and a re-numbered sandbox user, a second directory
 holds the rewritten ``/etc/passwd`` and ``/etc/group`` (:func:`write_etc_dir`).
 
@@ -28,6 +34,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+from events.control import ShellState, encode_control
 from openhands_rt.errors import SandboxError
 from openhands_rt.sandboxes import HOST_DIR_PREFIX
 
@@ -35,6 +42,7 @@ __all__ = [
     "HOST_DIR_IN_CONTAINER",
     "KEY_FILE",
     "RUN_DIR_IN_CONTAINER",
+    "SHELL_STATE_FILE",
     "SOCKET_FILE",
     "key_of",
     "make_run_dir",
@@ -42,6 +50,7 @@ __all__ = [
     "remove_dirs",
     "run_dir_of",
     "write_etc_dir",
+    "write_shell_state",
 ]
 
 #: A root-only (0700) tmpfs; the host's run directory is mounted inside it.
@@ -49,6 +58,7 @@ RUN_DIR_IN_CONTAINER = "/run/openhands-rt"
 HOST_DIR_IN_CONTAINER = f"{RUN_DIR_IN_CONTAINER}/host"
 KEY_FILE = "key"
 SOCKET_FILE = "server.sock"
+SHELL_STATE_FILE = "shell-state.json"
 
 
 def make_run_dir(session_id: str, api_key: str) -> str:
@@ -98,6 +108,22 @@ def run_dir_of(info: Mapping[str, Any]) -> str | None:
         if len(parts) >= 2 and parts[1] == HOST_DIR_IN_CONTAINER:
             return str(parts[0])
     return None
+
+
+def write_shell_state(run_dir: str, state: ShellState) -> str:
+    """Write ``state`` into ``run_dir`` (0600, msgspec JSON): the sandbox's shell starts in it.
+
+    Call it before the container starts (the server reads it once, at its
+    start; a restart of the same container reads it again). Returns the file's
+    path on the host.
+    """
+    path = os.path.join(run_dir, SHELL_STATE_FILE)
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(encode_control(state))
+    os.replace(tmp, path)
+    return path
 
 
 def write_etc_dir(session_id: str, files: Mapping[str, str]) -> str:

@@ -41,6 +41,7 @@ from openhands_rt.docker.rundir import (
     HOST_DIR_IN_CONTAINER,
     KEY_FILE,
     RUN_DIR_IN_CONTAINER,
+    SHELL_STATE_FILE,
     SOCKET_FILE,
     run_dir_of,
 )
@@ -222,6 +223,8 @@ def container_config(
     server = SERVER_COMMAND if bundle is None else bundle.server_command()
     cmd = [*server, "--working-dir", "/workspace"]
     cmd += ["--api-key-file", f"{HOST_DIR_IN_CONTAINER}/{KEY_FILE}"]
+    # Read only if there (rundir.write_shell_state: a sandbox restored from a snapshot).
+    cmd += ["--shell-state", f"{HOST_DIR_IN_CONTAINER}/{SHELL_STATE_FILE}"]
     cmd += ["--no-change-timeout", str(cfg.no_change_timeout)]
     if cfg.allow_multiple_commands:
         cmd.append("--allow-multiple-commands")

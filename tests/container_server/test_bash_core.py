@@ -679,3 +679,63 @@ CoreMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_core_state_machine = CoreMachine.TestCase
+
+
+# --------------------------------------------------------------------------- internal commands
+
+
+def test_an_internal_command_keeps_an_unreported_end_and_its_output_for_the_agent() -> None:
+    core = started_core()
+    begin(core, CmdRunAction("sleep 3; echo late"), 0.0)
+    assert core.outcome(SOFT) is Outcome.SOFT_TIMEOUT
+    finish(core, Outcome.SOFT_TIMEOUT)
+    core.receive_output(b"late\n" + prompt(exit_code=0, seq=2), 3.0)  # ended; nobody waits
+    assert not core.is_running
+    assert core.begin_internal("internal", 4.0) == b"internal\n"
+    assert core.next_deadline() == math.inf  # bounded by its caller
+    core.receive_output(b"noise of the internal command\n" + prompt(exit_code=0, seq=3), 4.1)
+    assert core.outcome(4.1) is Outcome.COMPLETED
+    assert core.finish_internal(Outcome.COMPLETED) == 0
+    assert not core.waiting
+    observation = finish_after_begin(core, CmdRunAction(""), 5.0)
+    assert observation.content == "late"
+    assert observation.exit_code == 0
+    assert observation.metadata.prefix == CONTINUATION_PREFIX
+
+
+def finish_after_begin(core: BashCore, action: CmdRunAction, now: float) -> CmdOutputObservation:
+    assert begin(core, action, now) == b""
+    assert core.outcome(now) is Outcome.COMPLETED
+    return finish(core, Outcome.COMPLETED)
+
+
+def test_an_internal_command_runs_only_in_an_idle_shell_and_on_one_line() -> None:
+    core = started_core()
+    with pytest.raises(ValueError, match="one line"):
+        core.begin_internal("a\nb", 0.0)
+    with pytest.raises(ValueError, match="one line"):
+        core.begin_internal("x" * 4000, 0.0)
+    begin(core, CmdRunAction("sleep 10"), 0.0)
+    with pytest.raises(RuntimeError, match="idle"):
+        core.begin_internal("true", 1.0)
+
+
+def test_an_internal_command_that_does_not_end_leaves_the_shell_busy() -> None:
+    core = started_core()
+    core.begin_internal("stuck", 0.0)
+    assert core.finish_internal(None) is None  # abandoned by its caller
+    assert core.is_running
+    refused = core.begin(Request.of(CmdRunAction("ls")), 1.0)
+    assert isinstance(refused, CmdOutputObservation)
+    assert "NOT executed" in refused.metadata.suffix
+
+
+def test_an_internal_command_the_shell_dies_under_leaves_it_for_a_restart() -> None:
+    core = started_core()
+    core.begin_internal("exit", 0.0)
+    core.shell_exited(0)
+    assert core.outcome(0.1) is Outcome.EXITED
+    assert core.finish_internal(Outcome.EXITED) is None
+    assert not core.is_running
+    assert core.exited_status == 0
+    assert core.died_continuation(Request.of(CmdRunAction("ls"))) is None  # restart, then run

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from container_server.channel import MAX_ERROR_DETAIL_CHARS, Refuse, Submit, parse_frame
 from events import CmdRunAction, FileReadAction, RuntimeStatusObservation, encode_event
-from events.control import InterruptRequest, encode_control
+from events.control import InterruptRequest, ShellStateRequest, encode_control
 
 
 def test_an_action_with_an_id_is_submitted() -> None:
@@ -19,6 +19,11 @@ def test_an_action_with_an_id_is_submitted() -> None:
 def test_an_interrupt_request_is_recognised() -> None:
     frame = encode_control(InterruptRequest(action_id=9))
     assert parse_frame(frame) == InterruptRequest(action_id=9)
+
+
+def test_a_shell_state_request_is_recognised() -> None:
+    frame = encode_control(ShellStateRequest(request_id=4))
+    assert parse_frame(frame) == ShellStateRequest(request_id=4)
 
 
 def test_refusals_carry_their_error_id() -> None:
@@ -46,6 +51,6 @@ def test_a_bad_frames_error_quotes_little_of_it() -> None:
 @given(st.one_of(st.binary(max_size=300), st.text(max_size=300)))
 def test_any_bytes_get_one_answer_and_never_an_exception(data: bytes | str) -> None:
     frame = parse_frame(data)
-    assert isinstance(frame, Submit | InterruptRequest | Refuse)
+    assert isinstance(frame, Submit | InterruptRequest | ShellStateRequest | Refuse)
     if isinstance(frame, Submit):
         assert frame.action.id >= 0

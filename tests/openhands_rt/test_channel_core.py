@@ -26,7 +26,14 @@ from events import (
     decode_event,
     encode_event,
 )
-from events.control import InterruptRequest, decode_control
+from events.control import (
+    InterruptRequest,
+    ShellState,
+    ShellStateError,
+    ShellStateRequest,
+    decode_control,
+    encode_control,
+)
 from events.wire import ErrorId
 from openhands_rt.channel_core import ChannelProtocol, ChannelState
 from openhands_rt.errors import SandboxClosedError
@@ -447,3 +454,101 @@ def test_a_dead_reader_answers_everything_then_reports_its_error() -> None:
     protocol.send(action(3))
     assert protocol.data_to_send() == []
     assert [e.cause for e in protocol.events_received()] == [3]
+
+
+# --------------------------------------------------------------------------- shell state
+
+
+def shell_state_reply(request_id: int, cwd: str = "/w") -> bytes:
+    return encode_control(ShellState(request_id=request_id, cwd=cwd, env={"A": "1"}))
+
+
+def test_a_shell_state_request_goes_out_and_its_answer_comes_back_once() -> None:
+    protocol = ChannelProtocol()
+    protocol.connected()
+    request_id = protocol.request_shell_state()
+    assert protocol.data_to_send() == [encode_control(ShellStateRequest(request_id))]
+    protocol.frame(shell_state_reply(request_id))
+    protocol.frame(shell_state_reply(request_id, cwd="/again"))  # a duplicate: dropped
+    assert protocol.shell_states_received() == [
+        (request_id, ShellState(request_id=request_id, cwd="/w", env={"A": "1"}))
+    ]
+    assert protocol.events_received() == []  # never an event
+    assert not protocol.state_requests
+
+
+def test_the_servers_refusal_is_the_answer() -> None:
+    protocol = ChannelProtocol()
+    protocol.connected()
+    request_id = protocol.request_shell_state()
+    protocol.frame(encode_control(ShellStateError(request_id, "a command runs")))
+    assert protocol.shell_states_received() == [
+        (request_id, ShellStateError(request_id, "a command runs"))
+    ]
+
+
+def test_an_answer_to_no_request_is_dropped() -> None:
+    protocol = ChannelProtocol()
+    protocol.connected()
+    protocol.frame(shell_state_reply(42))
+    assert protocol.shell_states_received() == []
+    assert protocol.events_received() == []
+
+
+def test_a_lost_connection_fails_the_request_and_a_late_answer_is_dropped() -> None:
+    protocol = ChannelProtocol()
+    protocol.connected()
+    request_id = protocol.request_shell_state()
+    protocol.send(action(1))
+    protocol.disconnected(now=5.0)
+    [(answered, reason)] = protocol.shell_states_received()
+    assert answered == request_id
+    assert isinstance(reason, str)
+    assert "lost" in reason
+    protocol.connected()
+    # Resent: the pending action, not the request (the state it would read is another).
+    assert protocol.data_to_send() == [encode_event(action(1))]
+    protocol.frame(shell_state_reply(request_id))
+    assert protocol.shell_states_received() == []
+
+
+@pytest.mark.parametrize("when", ["idle", "reconnecting", "failed", "closed"])
+def test_without_an_open_connection_the_request_fails_at_once(when: str) -> None:
+    protocol = ChannelProtocol()
+    if when != "idle":
+        protocol.connected()
+    if when == "reconnecting":
+        protocol.disconnected(now=0.0)
+    if when == "failed":
+        protocol.fail("the sandbox died")
+    if when == "closed":
+        protocol.close()
+        with pytest.raises(SandboxClosedError):
+            protocol.request_shell_state()
+        return
+    request_id = protocol.request_shell_state()
+    assert protocol.data_to_send() == []
+    [(answered, reason)] = protocol.shell_states_received()
+    assert answered == request_id
+    assert isinstance(reason, str)
+    assert ("the sandbox died" in reason) if when == "failed" else (when in reason)
+
+
+@pytest.mark.parametrize("end", ["fail", "died", "close", "give_up"])
+def test_a_failing_or_closing_channel_answers_the_requests_in_flight(end: str) -> None:
+    protocol = ChannelProtocol(reconnect_deadline=1.0)
+    protocol.connected()
+    first, second = protocol.request_shell_state(), protocol.request_shell_state()
+    if end == "fail":
+        protocol.fail("gone")
+    elif end == "died":
+        protocol.died("reader failed")
+    elif end == "close":
+        protocol.close()
+    else:
+        protocol.disconnected(now=0.0)
+        assert [rid for rid, _ in protocol.shell_states_received()] == [first, second]
+        return
+    answers = protocol.shell_states_received()
+    assert [rid for rid, _ in answers] == [first, second]
+    assert all(isinstance(reason, str) for _, reason in answers)
