@@ -386,9 +386,11 @@ class DockerRuntime(AttachingRuntime):
                 f"snapshot {info.snapshot_id} is incomplete ({exc.filename} is missing)"
             ) from exc
         assert self._run_dir is not None
-        state = snapshot.decode_shell(shell)
-        if not await anyio.to_thread.run_sync(snapshot.write_shell_state, self._run_dir, state):
-            logger.warning("%s: the shell starts as usual, not in the snapshot's state", self)
+        try:
+            state = snapshot.decode_shell(shell)
+        except ValueError as exc:
+            raise SandboxError(f"snapshot {info.snapshot_id} is damaged: {exc}") from exc
+        await anyio.to_thread.run_sync(snapshot.write_shell_state, self._run_dir, state)
 
     async def _change_session(self, session_id: str) -> None:
         """Take ``session_id``: the container is renamed to it (:meth:`hand_over`).

@@ -41,9 +41,11 @@ import anyio
 import msgspec
 
 from events import Event, EventSource, EventStream, Observation, SnapshotObservation
+from events.control import ShellState
 from events.wire import is_runnable
 from openhands_rt import snapshots
 from openhands_rt.channel import ChannelClient
+from openhands_rt.docker import rundir
 from openhands_rt.docker.engine import EngineError, NotFound, translated
 from openhands_rt.errors import SandboxError
 
@@ -204,29 +206,17 @@ def decode_shell(data: bytes) -> ShellSnapshot:
 async def read_shell_state(channel: ChannelClient) -> tuple[ShellSnapshot | None, str]:
     """The shell's state between actions (the channel's shell-state request), or None and
     why it could not be read (a command still running in the foreground, ...)."""
-    # The request lives on the channel of the shell-state work (merged separately).
-    ask = getattr(channel, "shell_state", None)
-    if ask is None:
-        return None, "this runtime cannot read the shell's state"
     try:
-        state = await ask()
+        state = await channel.shell_state()
     except SandboxError as exc:
         return None, str(exc)
     return ShellSnapshot(cwd=state.cwd, env=dict(state.env)), ""
 
 
-def write_shell_state(run_dir: str, state: ShellSnapshot) -> bool:
+def write_shell_state(run_dir: str, state: ShellSnapshot) -> None:
     """Make the server of the sandbox with ``run_dir`` start its shell in ``state``
-    (blocking: call it through a thread); False when this server cannot."""
-    from events import control
-    from openhands_rt.docker import rundir
-
-    make = getattr(control, "ShellState", None)
-    write = getattr(rundir, "write_shell_state", None)
-    if make is None or write is None:
-        return False
-    write(run_dir, make(cwd=state.cwd, env=dict(state.env)))
-    return True
+    (before the container starts; blocking: call it through a thread)."""
+    rundir.write_shell_state(run_dir, ShellState(cwd=state.cwd, env=dict(state.env)))
 
 
 # ---------------------------------------------------------------------- the whole of it
