@@ -87,6 +87,17 @@ class DockerRuntime(AttachingRuntime):
     exists, start it again (see the module docstring); off by default, so
     that a dead sandbox stays dead until the caller decides. ``None`` takes
     ``config.auto_restart``.
+
+    ``snapshot``: the id of a snapshot (:meth:`snapshot`) to start from: the
+    container is made from its image, with ``config``'s other settings (a
+    snapshot of a mount-mode sandbox starts in mount mode, whatever
+    ``config.runtime_mode`` says: its image has no server of its own); before
+    the first start the workspace gets the snapshot's files (added to what a
+    given ``workspace_dir`` holds; nothing is removed) and the shell the
+    recorded working directory and exported environment. A snapshot that does
+    not exist is a :class:`SandboxError` at ``connect()``. A later fresh
+    sandbox of the same runtime (after its death) is made from the image again,
+    its workspace left as it is.
     """
 
     session_scope = "docker"

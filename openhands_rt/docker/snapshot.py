@@ -9,12 +9,15 @@ bound directory (a tenth of the engine's time for the same tar), or by the
 engine, as root, when this user cannot read all of it or when the workspace is
 the container's own.
 The container is unpaused on every way out, cancellation included. What a
-commit keeps: every file of the container's own layer (under runc and under
-this host's runsc, whose root file system writes go through to the layer;
-see docs of :mod:`openhands_rt.snapshots`); what it cannot: tmpfs mounts (a
-``read_only_root`` sandbox's /tmp, home and workspace), bind mounts other than
-the workspace (the run directory, the mount-mode bundle: both made afresh),
-processes and their memory.
+commit keeps: every file of the container's own layer — under runc, and under
+gVisor (runsc) too, whose root file system writes go through its gofer to the
+layer (a gVisor with its root overlay in memory, ``--overlay2=root:memory``,
+would keep them from any commit); what it cannot: tmpfs mounts (a
+``read_only_root`` sandbox's /tmp, home and workspace; under runsc, /tmp,
+where gVisor mounts a tmpfs of its own when the image's /tmp is empty), bind
+mounts other than the workspace (the run directory, the mount-mode bundle:
+both made afresh), processes and their memory (a snapshot's sandbox starts
+its own; a paused one's go on after the unpause).
 
 Restore (:func:`fill_workspace`): the workspace archive is put into the
 created, not yet started container at ``/``; the engine extracts it as root
