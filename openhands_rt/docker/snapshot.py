@@ -11,8 +11,9 @@ the container's own.
 The container is unpaused on every way out, cancellation included. What a
 commit keeps: every file of the container's own layer — under runc, and under
 gVisor (runsc) too, whose root file system writes go through its gofer to the
-layer (a gVisor with its root overlay in memory, ``--overlay2=root:memory``,
-would keep them from any commit); what it cannot: tmpfs mounts (a
+layer (this host's gVisor, 2022-12; later ones keep the root file system's
+changes in an overlay of their own, ``--overlay2``, out of a commit's sight,
+unless the runtime is registered with ``--overlay2=none``); what it cannot: tmpfs mounts (a
 ``read_only_root`` sandbox's /tmp, home and workspace; under runsc, /tmp,
 where gVisor mounts a tmpfs of its own when the image's /tmp is empty), bind
 mounts other than the workspace (the run directory, the mount-mode bundle:
