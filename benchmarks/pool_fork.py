@@ -10,7 +10,17 @@
 - sustained starts/s: a pool of ``--fill`` sandboxes filled from empty (starts run
   ``max_starting`` = the CPU count at a time, as the pool does), the rate at which
   started sandboxes arrive; the figure a pool can hand out sandboxes at for ever;
-- cold start for comparison: ``DockerRuntime`` enter to first observation, no pool.
+- cold start for comparison: ``DockerRuntime`` enter to first observation, no pool;
+- snapshot with 10 MB changed: a session on a durable log writes 5 MB into the
+  workspace and 5 MB outside it, then ``await rt.snapshot()`` (``--snapshots`` samples,
+  each after new 10 MB); then 50 more actions (``echo``, ``cd``, ``export``, a file
+  write each);
+- fork at the snapshot, to first observation: ``fork(log, at_event=<the snapshot>)``
+  entered (the log is closed: its session is over), then one ``echo``; nothing is
+  re-executed;
+- fork 50 actions past the snapshot: the same at the last event, the 50 actions
+  re-executed in verify mode; and, for comparison, a fork of a log of the same 50
+  actions and no snapshot (everything re-executed in a fresh sandbox).
 
 Runs in build mode (the base's runtime image, built or found first) or mount mode
 (``--mode mount``), under runc (``--oci-runtime runsc`` for gVisor). Every container it
@@ -27,6 +37,7 @@ import asyncio
 import os
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -36,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import remove_labelled_containers
 
 from events import CmdOutputObservation, CmdRunAction, EventStream
-from openhands_rt import DockerRuntime, SandboxConfig, SandboxPool
+from openhands_rt import DockerRuntime, SandboxConfig, SandboxPool, fork, remove_snapshot
 from openhands_rt.image import DEFAULT_BASE_IMAGE, build_runtime_image
 
 RUN_LABEL = "org.openhands-rt.bench-run"
@@ -110,6 +121,74 @@ async def cold_starts(config: SandboxConfig, n: int) -> list[float]:
     return samples
 
 
+CHANGE_10MB = (
+    "head -c 5000000 /dev/urandom > /workspace/change.bin"
+    " && head -c 5000000 /dev/urandom > ~/change.bin"
+)
+
+
+def fifty_actions() -> list[str]:
+    return [
+        f"mkdir -p /workspace/d{i % 5} && cd /workspace/d{i % 5} && export STEP={i}"
+        f" && echo {i} > f{i}.txt && echo $STEP"
+        for i in range(50)
+    ]
+
+
+async def record_session(
+    config: SandboxConfig, log: Path, *, snapshots: int
+) -> tuple[list[float], int, list[str]]:
+    """A session on a durable log: ``snapshots`` x (10 MB changed, snapshot), then 50
+    actions. Returns the snapshot times, the last snapshot's event id, the snapshot ids."""
+    times: list[float] = []
+    ids: list[str] = []
+    snapshot_event = -1
+    async with EventStream(log_path=log) as stream, DockerRuntime(stream, config) as rt:
+        for _ in range(snapshots):
+            await rt.run(CmdRunAction(CHANGE_10MB))
+            start = time.perf_counter()
+            snap = await rt.snapshot()
+            times.append(time.perf_counter() - start)
+            ids.append(snap.snapshot_id)
+            snapshot_event = snap.id
+        for command in fifty_actions():
+            await rt.run(CmdRunAction(command))
+    return times, snapshot_event, ids
+
+
+async def time_fork(log: Path, at_event: int, config: SandboxConfig) -> float:
+    start = time.perf_counter()
+    async with fork(log, at_event=at_event, config=config) as rt:
+        await echo(rt)
+        return time.perf_counter() - start
+
+
+async def last_event(log: Path) -> int:
+    async with EventStream(log_path=log) as stream:
+        return len(stream) - 1
+
+
+async def bench_fork(config: SandboxConfig, args: argparse.Namespace, workdir: Path) -> None:
+    log = workdir / "session.log"
+    times, snapshot_event, ids = await record_session(config, log, snapshots=args.snapshots)
+    try:
+        print(f"snapshot, 10 MB changed                        {p50_p90(times)}  {load()}")
+        print("    target: <= 1 s")
+        at_snapshot = [await time_fork(log, snapshot_event, config) for _ in range(args.forks)]
+        print(f"fork at a snapshot -> first observation         {p50_p90(at_snapshot)}  {load()}")
+        print("    target: <= 1 s")
+        end = await last_event(log)
+        past = [await time_fork(log, end, config) for _ in range(args.forks)]
+        print(f"fork 50 actions past a snapshot -> first obs.   {p50_p90(past)}  {load()}")
+        bare = workdir / "bare.log"
+        await record_session(config, bare, snapshots=0)
+        none = [await time_fork(bare, await last_event(bare), config) for _ in range(args.forks)]
+        print(f"fork, no snapshot, 50 actions -> first obs.     {p50_p90(none)}  {load()}")
+    finally:
+        for snapshot_id in ids:
+            await remove_snapshot(snapshot_id)
+
+
 async def bench(args: argparse.Namespace) -> None:
     labels = {RUN_LABEL: RUN_ID}
     if args.mode == "mount":
@@ -144,6 +223,9 @@ async def bench(args: argparse.Namespace) -> None:
         f"sustained starts: {args.fill} sandboxes, {concurrency} at a time     "
         f"{seconds:6.2f} s = {args.fill / seconds:5.2f} starts/s (goal >= 15/s)  {load()}"
     )
+    if args.forks:
+        with tempfile.TemporaryDirectory(prefix="pool-fork-bench-") as workdir:
+            await bench_fork(config, args, Path(workdir))
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -165,4 +247,6 @@ if __name__ == "__main__":
     parser.add_argument("--back-to-back", type=int, default=30)
     parser.add_argument("--fill", type=int, default=12, help="sandboxes for the starts/s figure")
     parser.add_argument("--starts", type=int, default=5, help="cold starts to time")
+    parser.add_argument("--snapshots", type=int, default=3, help="snapshots to time")
+    parser.add_argument("--forks", type=int, default=3, help="forks of each kind (0: none)")
     asyncio.run(main(parser.parse_args()))
