@@ -8,7 +8,8 @@ own, and :meth:`SandboxPool.acquire` hands one over to the caller's stream with
 renamed to the caller's session id and it reports ``ready`` on the caller's
 stream. Leaving ``acquire()`` removes that sandbox (a sandbox is never handed
 out twice: the next caller gets a fresh one, its own workspace included) and
-the pool starts another in the background.
+the pool starts another in the background — 50 ms after the hand-over, so that
+the start does not compete with the caller's first actions for the CPU.
 
 - **Waiting.** An empty pool makes ``acquire`` wait for the next start to
   finish (that sandbox goes to the first caller waiting, not to the pool).
@@ -65,6 +66,8 @@ logger = logging.getLogger(__name__)
 
 _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 30.0
+# Seconds between a hand-over and the start of its replacement (see _take).
+_REFILL_DELAY = 0.05
 
 # One start gate per event loop, shared by every pool on it (see the module docstring).
 _gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.Semaphore] = (
@@ -251,9 +254,14 @@ class SandboxPool:
             internal = self._internal.pop(rt, None)
             if internal is not None:
                 await self._background(internal.aclose)
-            # Only now: the replacement's start would compete with the hand-over.
-            self._kick.set()
+            # The replacement starts a moment later: its first steps (the engine's create,
+            # our own loop's part of the start) would compete with the caller's first
+            # actions for the CPU (measured: the first echo took 10 ms instead of 2).
+            asyncio.get_running_loop().call_later(_REFILL_DELAY, self._kick_now)
             return rt
+
+    def _kick_now(self) -> None:
+        self._kick.set()
 
     async def _wait_for_one(self) -> DockerRuntime:
         future: asyncio.Future[DockerRuntime] = asyncio.get_running_loop().create_future()
