@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -18,6 +19,7 @@ __all__ = [
     "OCI_RUNTIMES",
     "RUNTIME_MODES",
     "ConfigFactory",
+    "cli",
     "config_factory",
     "container_exists",
     "engine_runtimes",
@@ -123,3 +125,25 @@ def is_status(status: str, *words: str) -> Callable[[Event], bool]:
         )
 
     return match
+
+
+async def cli(*args: str, timeout: float = 180) -> tuple[int, str, str]:
+    """Run ``openhands-rt ARGS``; its exit code, standard output and standard error."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "openhands_rt.cli",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()

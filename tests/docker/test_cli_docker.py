@@ -19,7 +19,7 @@ from typing import Any
 import aiodocker
 import pytest
 from aiodocker.exceptions import DockerError
-from support import ConfigFactory, session_id
+from support import ConfigFactory, cli, session_id
 
 from events import EventStream
 from openhands_rt import DockerRuntime, SandboxError
@@ -39,28 +39,6 @@ def cli_sync(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[st
         env={**os.environ, "COLUMNS": "200"},
         check=False,
     )
-
-
-async def cli(*args: str, timeout: float = 180) -> tuple[int, str, str]:
-    """Run ``openhands-rt ARGS``; its exit code, standard output and standard error."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "openhands_rt.cli",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
-    except asyncio.TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
 
 
 async def listed_by_ps(*args: str) -> set[str]:

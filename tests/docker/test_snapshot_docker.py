@@ -7,14 +7,12 @@ the test's own data directory (``OPENHANDS_RT_DATA_DIR``).
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 from pathlib import Path
 
 import aiodocker
 import pytest
-from support import OCI_RUNTIMES, ConfigFactory, session_id, sh
+from support import OCI_RUNTIMES, ConfigFactory, cli, session_id, sh
 
 from events import EventSource, EventStream, SnapshotObservation
 from openhands_rt import DockerRuntime, SandboxError, fork
@@ -211,22 +209,6 @@ def snap_session(snap: SnapshotObservation) -> str:
     return snap.content.split(" of sandbox ")[1].split()[0]
 
 
-async def cli(*args: str) -> tuple[int, str]:
-    """``openhands-rt ARGS`` in a process of its own: its exit code and output."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "openhands_rt.cli",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    out, _ = await process.communicate()
-    return await process.wait(), out.decode()
-
-
 async def test_gc_snapshots_removes_every_snapshot_and_plain_gc_none(
     make_config: ConfigFactory,
     docker: aiodocker.Docker,
@@ -248,11 +230,11 @@ async def test_gc_snapshots_removes_every_snapshot_and_plain_gc_none(
     # A snapshot outlives its sandbox: gc without --snapshots leaves it.
     assert (await cli("gc", label))[0] == 0
     assert ids <= {s.snapshot_id for s in await list_snapshots(docker=docker, session_id=sid)}
-    code, out = await cli("snapshots", label)
+    code, out, _ = await cli("snapshots", label)
     assert code == 0
     assert first.snapshot_id in out
     assert sid in out
-    code, out = await cli("gc", "--snapshots", label)
+    code, out, _ = await cli("gc", "--snapshots", label)
     assert code == 0, out
     assert f"removed snapshot {first.snapshot_id}" in out
     assert not ids & {s.snapshot_id for s in await list_snapshots(docker=docker)}
