@@ -254,7 +254,7 @@ def test_the_endpoint_without_network_is_the_socket_in_the_run_directory() -> No
     endpoint = spec.find_endpoint(SandboxConfig(), info, api_key="k", name="c")
     assert endpoint.unix_socket == f"/tmp/run-x/{rundir.SOCKET_FILE}"
     assert endpoint.peer_uid == 0
-    with pytest.raises(SandboxError, match="no socket mount"):
+    with pytest.raises(SandboxError, match="no run directory mounted"):
         spec.find_endpoint(SandboxConfig(), inspected(NetworkMode="none"), api_key="k", name="c")
 
 
