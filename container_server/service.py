@@ -30,7 +30,7 @@ from container_server import tls
 from container_server.executor import ActionExecutor
 from container_server.hub import ChannelHub
 from container_server.plugins import PluginStatus
-from container_server.transfer import DEFAULT_MAX_MEMBERS
+from container_server.transfer.limits import DEFAULT_MAX_MEMBERS
 from events import Event, RuntimeStatus, RuntimeStatusObservation
 from events.wire import MAX_FRAME_BYTES
 
