@@ -33,9 +33,13 @@ def load_plugin_class(target: str) -> type[Plugin]:
 
 def load_plugins(names: Iterable[str], *, init_timeout: float = 60.0) -> PluginHost:
     """Instantiate the named plugins (an unknown name raises :class:`PluginLoadError`)."""
+    names = list(dict.fromkeys(names))
+    if not names:
+        # No discovery (reading every distribution's entry points) for nothing.
+        return PluginHost([], init_timeout=init_timeout)
     known = plugin_targets()
     plugins: list[Plugin] = []
-    for name in dict.fromkeys(names):
+    for name in names:
         target = known.get(name)
         if target is None:
             raise PluginLoadError(

@@ -24,7 +24,7 @@ import msgspec
 from aiohttp import web
 
 from container_server.service import STATE, ServerState
-from container_server.transfer import TransferError, extract_tar_stream, list_dir, tar_stream
+from container_server.transfer.limits import TransferError
 
 __all__ = ["ServerInfo", "alive", "download", "files", "openapi", "server_info", "upload"]
 
@@ -96,6 +96,9 @@ async def upload(request: web.Request) -> web.Response:
         async for chunk in request.content.iter_chunked(64 * 1024):
             yield chunk
 
+    # Imported here: the server's start and its first action need no tar (transfer/__init__).
+    from container_server.transfer.tar_in import extract_tar_stream
+
     try:
         paths = await extract_tar_stream(
             body(), dest, max_members=state.settings.max_upload_members
@@ -129,6 +132,8 @@ async def download(request: web.Request) -> web.StreamResponse:
     path = _resolve(state, request.query.get("path"))
     if not os.path.lexists(path):
         raise web.HTTPNotFound(text=f"no such file or directory: {path}")
+    from container_server.transfer.tar_out import tar_stream
+
     chunks = tar_stream(path)
     try:
         # The first chunk before the status line: a path that cannot be read (a dangling
@@ -171,6 +176,8 @@ async def download(request: web.Request) -> web.StreamResponse:
 async def files(request: web.Request) -> web.Response:
     state = request.app[STATE]
     path = _resolve(state, request.query.get("path") or ".")
+    from container_server.transfer.listing import list_dir
+
     try:
         entries = await list_dir(path)
     except FileNotFoundError:

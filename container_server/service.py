@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 import anyio
 from aiohttp import web
 
+from container_server import tls
 from container_server.executor import ActionExecutor
 from container_server.hub import ChannelHub
 from container_server.plugins import PluginStatus
-from container_server.transfer import DEFAULT_MAX_MEMBERS
+from container_server.transfer.limits import DEFAULT_MAX_MEMBERS
 from events import Event, RuntimeStatus, RuntimeStatusObservation
 from events.control import ShellState
 from events.wire import MAX_FRAME_BYTES
@@ -143,6 +144,9 @@ class ServerState:
 
         async def initialize_plugins() -> None:
             nonlocal statuses
+            if settings.plugins and tls.ca_load_deferred():
+                # A plugin may use aiohttp's client: its default context gets its CAs first.
+                await anyio.to_thread.run_sync(tls.load_deferred_cas)
             statuses = await self.executor.plugins.initialize(
                 settings.username, working_dir=settings.working_dir
             )

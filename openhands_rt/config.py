@@ -11,9 +11,11 @@ if TYPE_CHECKING:
     from openhands_rt.plugins import PluginRequirement
 
 __all__ = [
+    "CHANNELS",
     "DEFAULT_BASE_IMAGE",
     "RUNTIME_MODES",
     "SandboxConfig",
+    "channel_of",
     "check_workspace_dir",
     "cli_base_image",
 ]
@@ -31,6 +33,10 @@ _NETWORKS = ("bridge", "none")
 #: ``build``: the three-tag runtime image; ``mount``: the image as it is, with the
 #: runtime bundle mounted read-only (:mod:`openhands_rt.bundle`).
 RUNTIME_MODES = ("build", "mount")
+#: How the host reaches a Docker sandbox's server: ``tcp``, a port the engine publishes
+#: on the host's 127.0.0.1 (one docker-proxy per sandbox); ``unix``, a Unix socket in
+#: the sandbox's run directory, no port published (the only way with ``network="none"``).
+CHANNELS = ("tcp", "unix")
 
 
 @dataclass(kw_only=True)
@@ -73,6 +79,9 @@ class SandboxConfig:
     # "mount": no build, the image (runtime_container_image, else base_container_image) as it
     # is, with the runtime bundle mounted read-only.
     runtime_mode: str = "build"
+    # DockerRuntime: how the host reaches the server, one of CHANNELS; None: "unix" with
+    # network="none", else "tcp" (channel_of). "unix" publishes no port: a cheaper start.
+    channel: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("timeout", "no_change_timeout", "startup_timeout"):
@@ -83,6 +92,13 @@ class SandboxConfig:
             raise ValueError(f"SandboxConfig.runtime_mode must be one of {RUNTIME_MODES}")
         if self.network not in _NETWORKS:
             raise ValueError(f"SandboxConfig.network must be one of {_NETWORKS}")
+        if self.channel is not None and self.channel not in CHANNELS:
+            raise ValueError(f"SandboxConfig.channel must be None or one of {CHANNELS}")
+        if self.channel == "tcp" and self.network == "none":
+            raise ValueError(
+                "SandboxConfig.channel='tcp' needs a network: with network='none' the "
+                "channel is a Unix socket"
+            )
         if self.cpus is not None and self.cpus <= 0:
             raise ValueError("SandboxConfig.cpus must be > 0")
         if self.memory_mb is not None and self.memory_mb < 6:
@@ -94,6 +110,13 @@ class SandboxConfig:
         for key in self.env:
             if not key or "=" in key or "\x00" in key:
                 raise ValueError(f"SandboxConfig.env has an invalid variable name {key!r}")
+
+
+def channel_of(config: SandboxConfig) -> str:
+    """The channel a sandbox of ``config`` uses (one of :data:`CHANNELS`)."""
+    if config.channel is not None:
+        return config.channel
+    return "unix" if config.network == "none" else "tcp"
 
 
 def check_workspace_dir(path: str) -> None:

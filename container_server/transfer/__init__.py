@@ -20,19 +20,26 @@ Modules, one concept each:
 
 Errors: :class:`TransferError` (a :class:`~container_server.errors.ServerError`
 and a ``ValueError``) for an upload that is refused.
+
+The names are imported on first use (PEP 562): the server's start (and its
+first action) needs none of :mod:`tarfile`, bz2 or lzma.
 """
 
 from __future__ import annotations
 
-from container_server.transfer.limits import (
-    DEFAULT_MAX_EXPANSION_RATIO,
-    DEFAULT_MAX_MEMBERS,
-    EXPANSION_SLACK_BYTES,
-    TransferError,
-)
-from container_server.transfer.listing import DirEntry, list_dir
-from container_server.transfer.tar_in import extract_tar_stream
-from container_server.transfer.tar_out import tar_stream
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from container_server.transfer.limits import (
+        DEFAULT_MAX_EXPANSION_RATIO,
+        DEFAULT_MAX_MEMBERS,
+        EXPANSION_SLACK_BYTES,
+        TransferError,
+    )
+    from container_server.transfer.listing import DirEntry, list_dir
+    from container_server.transfer.tar_in import extract_tar_stream
+    from container_server.transfer.tar_out import tar_stream
 
 __all__ = [
     "DEFAULT_MAX_EXPANSION_RATIO",
@@ -44,3 +51,27 @@ __all__ = [
     "list_dir",
     "tar_stream",
 ]
+
+_HOMES = {
+    "DEFAULT_MAX_EXPANSION_RATIO": "container_server.transfer.limits",
+    "DEFAULT_MAX_MEMBERS": "container_server.transfer.limits",
+    "EXPANSION_SLACK_BYTES": "container_server.transfer.limits",
+    "TransferError": "container_server.transfer.limits",
+    "DirEntry": "container_server.transfer.listing",
+    "list_dir": "container_server.transfer.listing",
+    "extract_tar_stream": "container_server.transfer.tar_in",
+    "tar_stream": "container_server.transfer.tar_out",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'container_server.transfer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -10,10 +10,12 @@ component; nothing is ever written outside the destination.
 
 from __future__ import annotations
 
-import tarfile
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from container_server.errors import ServerError
+
+if TYPE_CHECKING:
+    import tarfile
 
 __all__ = [
     "COPY_BYTES",

@@ -6,8 +6,10 @@ the endpoint read back from an inspected container. No engine calls here.
 
 The server listens on :data:`SERVER_PORT` inside (a high port agents do not
 use), published on the host's 127.0.0.1 with a port Docker chooses; with
-``network="none"`` there is no port at all and the channel runs over a Unix
-socket in the run directory (:mod:`openhands_rt.docker.rundir`).
+``channel="unix"`` (always with ``network="none"``) there is no port at all and
+the channel runs over a Unix socket in the run directory
+(:mod:`openhands_rt.docker.rundir`), which also spares the engine the port's
+set-up and a docker-proxy process per sandbox.
 
 The container starts as root only long enough for the server to make itself
 unreachable for the agent and act as the sandbox user: every capability is
@@ -36,7 +38,7 @@ from typing import Any
 from events.accounts import first_free_id, renumbered, with_account, with_root_account
 from events.wire import CHANNEL_PATH
 from openhands_rt.bundle import BUNDLE_MOUNT, Bundle
-from openhands_rt.config import SandboxConfig, check_workspace_dir
+from openhands_rt.config import SandboxConfig, channel_of, check_workspace_dir
 from openhands_rt.docker.rundir import (
     HOST_DIR_IN_CONTAINER,
     KEY_FILE,
@@ -229,7 +231,8 @@ def container_config(
     if cfg.allow_multiple_commands:
         cmd.append("--allow-multiple-commands")
     cmd += ["--default-timeout", str(cfg.timeout)]
-    if cfg.network == "none":
+    on_socket = channel_of(cfg) == "unix"
+    if on_socket:
         cmd += ["--unix-socket", f"{HOST_DIR_IN_CONTAINER}/{SOCKET_FILE}"]
     else:
         cmd += ["--host", "0.0.0.0", "--port", str(SERVER_PORT)]
@@ -257,7 +260,7 @@ def container_config(
     if not cfg.run_as_root:
         host_config["CapDrop"] = ["ALL"]
         host_config["CapAdd"] = SWITCH_CAPABILITIES
-    if cfg.network != "none":
+    if not on_socket:
         host_config["PortBindings"] = {
             f"{SERVER_PORT}/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]
         }
@@ -303,7 +306,7 @@ def container_config(
         "Hostname": f"sandbox-{session_id[:20]}".rstrip("-"),
         "HostConfig": host_config,
     }
-    if cfg.network != "none":
+    if not on_socket:
         body["ExposedPorts"] = {f"{SERVER_PORT}/tcp": {}}
     return body
 
@@ -311,11 +314,17 @@ def container_config(
 def find_endpoint(
     config: SandboxConfig, info: Mapping[str, Any], *, api_key: str, name: str
 ) -> SandboxEndpoint:
-    """Where the server of the inspected container ``info`` (named ``name``) listens."""
-    if config.network == "none" or info["HostConfig"].get("NetworkMode") == "none":
+    """Where the server of the inspected container ``info`` (named ``name``) listens.
+
+    The container says it, whatever ``config`` asks now (an attached sandbox may
+    have been made with another channel): its server's ``--unix-socket`` flag.
+    """
+    server_argv = (info.get("Config") or {}).get("Cmd") or []
+    on_socket = "--unix-socket" in server_argv
+    if on_socket or config.network == "none" or info["HostConfig"].get("NetworkMode") == "none":
         run_dir = run_dir_of(info)
         if run_dir is None:
-            raise SandboxError(f"{name} has no network and no socket mount")
+            raise SandboxError(f"{name} listens on a socket but has no run directory mounted")
         return SandboxEndpoint(
             url=f"ws://sandbox{CHANNEL_PATH}",
             api_key=api_key,

@@ -932,10 +932,20 @@ async def _wait_for_report(workspace: Path, name: str, key: str, *, within: floa
     raise AssertionError(f"the agent-side script did not report {key!r} within {within} s")
 
 
+@pytest.mark.parametrize(
+    "on_socket",
+    [{"network": "none"}, {"channel": "unix"}],
+    ids=["network-none", "bridge-unix-channel"],
+)
 async def test_agent_cannot_hijack_the_unix_socket(
-    stream: EventStream, make_config: ConfigFactory, oci_runtime: str, workspace: Path
+    stream: EventStream,
+    make_config: ConfigFactory,
+    oci_runtime: str,
+    workspace: Path,
+    on_socket: dict[str, str],
 ) -> None:
-    """network="none": the agent cannot put itself between the host and the server.
+    """network="none", or channel="unix" on the default network: the agent cannot put
+    itself between the host and the server.
 
     The agent finds the channel's socket (/proc/net/unix, or a walk of /),
     renames it away, listens on its path and SIGSTOPs the server, ready to
@@ -945,7 +955,7 @@ async def test_agent_cannot_hijack_the_unix_socket(
     the real one, no header (no key) was captured, and the rename, the listen
     and the SIGSTOP all failed.
     """
-    config = make_config(oci_runtime=oci_runtime, network="none", workspace_dir=str(workspace))
+    config = make_config(oci_runtime=oci_runtime, workspace_dir=str(workspace), **on_socket)
     async with DockerRuntime(stream, config, session_id=session_id()) as rt:
         key = _api_key(rt)
         channel = rt._channel

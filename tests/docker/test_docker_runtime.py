@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -33,7 +35,7 @@ from events import (
 )
 from openhands_rt import DockerRuntime, SandboxConfig, SandboxError, SandboxStartError
 from openhands_rt.docker_client import open_docker
-from openhands_rt.docker_runtime import CONTAINER_PREFIX
+from openhands_rt.docker_runtime import CONTAINER_PREFIX, SERVER_PORT
 from openhands_rt.sandboxes import (
     HOST_DIR_PREFIX,
     LABEL_KEEP_ALIVE,
@@ -425,6 +427,37 @@ async def test_network_none_has_loopback_only(
             info = await (await docker.containers.get(rt.container_name)).show()
         assert info["HostConfig"]["NetworkMode"] == "none"
         assert not info["NetworkSettings"].get("Ports")
+
+
+async def test_unix_channel_publishes_no_port_and_keeps_the_network(
+    stream: EventStream, make_config: ConfigFactory, oci_runtime: str
+) -> None:
+    """channel="unix" on the default network: the host talks to the server over the socket
+    in the run directory (root's, peer-checked), no port is published, and the agent
+    still has its network interface."""
+    config = make_config(oci_runtime=oci_runtime, channel="unix")
+    async with DockerRuntime(stream, config, session_id=session_id()) as rt:
+        obs = await sh(rt, "tail -n +3 /proc/net/dev | cut -d: -f1")
+        assert "eth0" in obs.content.split(), obs.content
+        assert rt.endpoint is not None
+        assert rt.endpoint.unix_socket is not None
+        assert rt.endpoint.peer_uid == 0
+        socket_stat = os.stat(rt.endpoint.unix_socket)
+        assert stat.S_ISSOCK(socket_stat.st_mode)
+        assert stat.S_IMODE(socket_stat.st_mode) == 0o600
+        async with open_docker() as docker:
+            info = await (await docker.containers.get(rt.container_name)).show()
+        assert info["HostConfig"]["NetworkMode"] == "bridge"
+        assert not info["HostConfig"].get("PortBindings")
+        assert not any(info["NetworkSettings"].get("Ports", {}).values())
+        assert "--unix-socket" in info["Config"]["Cmd"]
+        # Nothing listens on the server's port inside either.
+        probe = await sh(
+            rt,
+            "python3 -c 'import socket; s = socket.socket(); "
+            f'print(s.connect_ex(("127.0.0.1", {SERVER_PORT})))\'',
+        )
+        assert probe.content.strip() == str(errno.ECONNREFUSED), probe.content
 
 
 async def test_every_action_kind_runs_under_each_runtime(

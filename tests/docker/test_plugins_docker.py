@@ -166,10 +166,21 @@ async def test_third_party_plugin_in_the_container(
             trace = await rt.run(CmdRunAction("cat ~/.shout-ready"))
             assert isinstance(trace, CmdOutputObservation)
             assert trace.exit_code == 0, trace.content
+            # The CAs the image's own python loads by default (the bundle's OpenSSL reads
+            # the same file); the server loaded them for its plugins (container_server.tls).
+            counted = await rt.run(
+                CmdRunAction(
+                    'python3 -c "import ssl; '
+                    "print(ssl.create_default_context().cert_store_stats()['x509_ca'])\""
+                )
+            )
+            system_cas = int(counted.content.strip())
+            assert system_cas > 0
             assert json.loads(trace.content) == {
                 "username": SANDBOX_USER,
                 "user": SANDBOX_USER,
                 "working_dir": "/workspace",
+                "default_tls_cas": system_cas,
             }
             if cfg.runtime_mode == "mount":  # bundled: its metadata is in the bundle
                 metadata = f"{BUNDLE_MOUNT}/lib/python3*/*-packages/oh_shout_plugin-*/METADATA"

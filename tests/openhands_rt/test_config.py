@@ -9,7 +9,7 @@ import pytest
 
 from events import EventStream
 from openhands_rt import DockerRuntime, SandboxConfig, image
-from openhands_rt.config import DEFAULT_BASE_IMAGE
+from openhands_rt.config import DEFAULT_BASE_IMAGE, channel_of
 
 
 def test_defaults_follow_the_api() -> None:
@@ -68,3 +68,15 @@ def test_the_runtime_mode_is_build_or_mount() -> None:
     assert SandboxConfig(runtime_mode="mount").runtime_mode == "mount"
     with pytest.raises(ValueError, match="runtime_mode"):
         SandboxConfig(runtime_mode="copy")
+
+
+def test_the_channel_follows_the_network_unless_chosen() -> None:
+    assert channel_of(SandboxConfig()) == "tcp"
+    assert channel_of(SandboxConfig(network="none")) == "unix"
+    assert channel_of(SandboxConfig(channel="unix")) == "unix"
+    assert channel_of(SandboxConfig(network="none", channel="unix")) == "unix"
+    assert channel_of(SandboxConfig(channel="tcp")) == "tcp"
+    with pytest.raises(ValueError, match="channel"):
+        SandboxConfig(channel="udp")
+    with pytest.raises(ValueError, match="needs a network"):
+        SandboxConfig(network="none", channel="tcp")

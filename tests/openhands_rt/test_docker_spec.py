@@ -72,6 +72,18 @@ def test_no_network_means_a_unix_socket_and_no_port() -> None:
     assert "ExposedPorts" not in created
 
 
+def test_the_unix_channel_keeps_the_network_and_publishes_no_port() -> None:
+    created = body(SandboxConfig(channel="unix"))
+    cmd = command(created)
+    assert cmd[cmd.index("--unix-socket") + 1] == (
+        f"{rundir.HOST_DIR_IN_CONTAINER}/{rundir.SOCKET_FILE}"
+    )
+    assert "--port" not in cmd
+    assert created["HostConfig"]["NetworkMode"] == "bridge"
+    assert "PortBindings" not in created["HostConfig"]
+    assert "ExposedPorts" not in created
+
+
 def test_root_keeps_its_capabilities_and_is_not_renumbered() -> None:
     created = body(SandboxConfig(run_as_root=True), owner_uid=1234)
     assert "CapDrop" not in created["HostConfig"]
@@ -254,8 +266,17 @@ def test_the_endpoint_without_network_is_the_socket_in_the_run_directory() -> No
     endpoint = spec.find_endpoint(SandboxConfig(), info, api_key="k", name="c")
     assert endpoint.unix_socket == f"/tmp/run-x/{rundir.SOCKET_FILE}"
     assert endpoint.peer_uid == 0
-    with pytest.raises(SandboxError, match="no socket mount"):
+    with pytest.raises(SandboxError, match="no run directory mounted"):
         spec.find_endpoint(SandboxConfig(), inspected(NetworkMode="none"), api_key="k", name="c")
+
+
+def test_the_endpoint_of_a_container_serving_on_a_socket_is_the_socket() -> None:
+    # Whatever the config asks now (an attached sandbox may have been made otherwise).
+    info = inspected(NetworkMode="bridge", Binds=[f"/tmp/run-y:{rundir.HOST_DIR_IN_CONTAINER}:rw"])
+    info["Config"] = {"Cmd": ["-I", "-m", "container_server", "--unix-socket", "/s"]}
+    endpoint = spec.find_endpoint(SandboxConfig(), info, api_key="k", name="c")
+    assert endpoint.unix_socket == f"/tmp/run-y/{rundir.SOCKET_FILE}"
+    assert endpoint.peer_uid == 0
 
 
 def test_the_run_directory_is_private_and_holds_the_key() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import getpass
 import json
+import ssl
 import struct
 import sys
 import time
@@ -144,10 +145,15 @@ async def test_third_party_plugin_serves_cells(tmp_path: Path) -> None:
     async with EventStream() as stream, LocalRuntime(stream, config) as rt:
         # Initialized before the server listens: the trace is there at once.
         trace = json.loads((tmp_path / ".shout-ready").read_text())
+        # The server defers the CA load of aiohttp's client context to before its
+        # plugins start (container_server.tls): the plugin sees the system's CAs.
+        system_cas = ssl.create_default_context().cert_store_stats()["x509_ca"]
+        assert system_cas > 0
         assert trace == {
             "username": None,
             "user": getpass.getuser(),
             "working_dir": str(workspace),
+            "default_tls_cas": system_cas,
         }
         obs = await rt.run(IPythonRunCellAction("print('quiet please')"))
         assert isinstance(obs, IPythonRunCellObservation)

@@ -2,7 +2,9 @@
 
 ``shout`` answers an IPython cell with its code in capitals, and leaves a trace
 of its initialization in ``~/.shout-ready`` (JSON: the username it was given, the
-user it runs as, the working directory), so a test can see it ran, as whom.
+user it runs as, the working directory, and how many CAs aiohttp's default TLS
+client context holds: a plugin may use that client, container_server.tls), so a
+test can see it ran, as whom, with what.
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ class ShoutPlugin(Plugin):
     handles = (IPythonRunCellAction,)
 
     async def initialize(self, username: str | None, *, working_dir: str = ".") -> None:
-        trace = {"username": username, "user": getpass.getuser(), "working_dir": working_dir}
+        from aiohttp import connector
+
+        trace = {
+            "username": username,
+            "user": getpass.getuser(),
+            "working_dir": working_dir,
+            "default_tls_cas": connector._SSL_CONTEXT_VERIFIED.cert_store_stats()["x509_ca"],
+        }
         (Path.home() / TRACE_FILE).write_text(json.dumps(trace), encoding="utf-8")
 
     async def run(
