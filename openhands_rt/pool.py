@@ -29,6 +29,10 @@ the start does not compete with the caller's first actions for the CPU.
   removes, and a :data:`~openhands_rt.sandboxes.LABEL_POOL` label with the
   pool's id. Closing the pool removes every sandbox it made, waiting or
   handed out.
+- **The channel.** With ``config.channel`` unset, the pool's sandboxes use
+  ``"unix"``: the socket in their run directory, no published port (no
+  docker-proxy: about 0.1 CPU-second less per start); ``channel="tcp"`` keeps
+  the port.
 - **Workspaces.** With ``config.workspace_dir`` unset, a sandbox's workspace
   is inside its container (fresh with it). When set, it is the *parent* of
   the pool's workspaces: each sandbox gets a new subdirectory named after its
@@ -307,7 +311,13 @@ class SandboxPool:
         workspace = None
         if self.config.workspace_dir is not None:
             workspace = os.path.join(os.path.abspath(self.config.workspace_dir), name)
-        return dataclasses.replace(self.config, labels=labels, workspace_dir=workspace), workspace
+        # The pool talks to its sandboxes over their run directory's socket unless told
+        # otherwise: no published port, no docker-proxy, ~0.1 CPU-s less per start.
+        channel = self.config.channel if self.config.channel is not None else "unix"
+        config = dataclasses.replace(
+            self.config, labels=labels, workspace_dir=workspace, channel=channel
+        )
+        return config, workspace
 
     async def _start_one(self, serial: int) -> None:
         session_id = f"pool-{self.pool_id}-{serial}"

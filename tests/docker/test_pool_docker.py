@@ -66,6 +66,10 @@ async def test_acquire_hands_over_fresh_isolated_sandboxes(
                 assert info["Config"]["Labels"][LABEL_POOL] == pool.pool_id
                 listed = {s.name: s for s in await list_sandboxes(docker)}
             assert listed[a.container_name].session_id == name_a
+            # The pool's default channel: the run directory's socket, no published port.
+            assert not info["HostConfig"].get("PortBindings")
+            assert a.endpoint is not None
+            assert a.endpoint.unix_socket is not None
             # Each its own sandbox, its own workspace (a fresh subdirectory).
             await sh(a, "echo mine > /workspace/a.txt && echo t > /tmp/a && export ONLY_A=1")
             # (test -e, not ls: this gVisor answers coreutils' statx with EINVAL.)
