@@ -247,7 +247,10 @@ async def spawn_bash(
     """
     uid = _target_uid(username, user_id)
     environment = _environment(cwd, uid, username, env, bash_path or "/bin/bash", base_env)
-    bash = bash_path or shutil.which("bash", path=environment.get("PATH", os.defpath))
+    # The server's own PATH finds the shell: a restored environment is the agent's, and
+    # its PATH must not choose the program the server starts as the session's shell.
+    search = environment if base_env is None else os.environ
+    bash = bash_path or shutil.which("bash", path=search.get("PATH", os.defpath))
     if bash is None:
         raise BashStartError("bash was not found on PATH")
     user_args: dict[str, object] = dict(child_credentials())

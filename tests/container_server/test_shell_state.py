@@ -228,6 +228,25 @@ def test_a_restored_environment_carries_no_machinery() -> None:
 # --------------------------------------------------------------------------- restore
 
 
+async def test_a_restored_path_does_not_choose_the_shell(tmp_path: Path) -> None:
+    # The agent's PATH, captured in a snapshot, names a "bash" of its own: the restored
+    # session's shell must still be the system's (the agent's program would stand in
+    # for the shell the server talks to).
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    marker = tmp_path / "ran"
+    fake = planted / "bash"
+    fake.write_text(f'#!/bin/sh\ntouch {marker}\nexec /bin/bash "$@"\n')
+    fake.chmod(0o755)
+    state = ShellState(cwd=str(tmp_path), env={"PATH": f"{planted}:{os.environ['PATH']}"})
+    session = await restored(tmp_path, state)
+    try:
+        assert (await run(session, "echo $PATH")).startswith(str(planted))
+    finally:
+        await session.aclose()
+    assert not marker.exists()
+
+
 async def restored(tmp_path: Path, state: ShellState) -> BashSession:
     session = BashSession(working_dir=str(tmp_path), no_change_timeout=SOFT, restore=state)
     await session.start()
