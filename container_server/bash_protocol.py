@@ -216,7 +216,11 @@ def setup_script(nonce: str) -> str:
             # Re-asserted each time: `source venv/bin/activate` and friends rewrite PS1.
             "  PS1=$__oh_ps1; PS2=",
             "}",
-            "PS0= PS2= PROMPT_COMMAND=__oh_prompt",
+            # An array: bash 5.1+ runs every element, and an agent's plain assignment
+            # (`PROMPT_COMMAND=hook`, or a tool prepending to it) replaces element 0
+            # only, so the second one still puts our PS1 back — also after the agent
+            # has set PS1 too. Older bash runs element 0, as it ran the plain string.
+            "PS0= PS2= PROMPT_COMMAND=(__oh_prompt __oh_prompt)",
         ]
     )
 

@@ -575,3 +575,18 @@ async def test_runs_as_the_given_user(tmp_path: Path) -> None:
             assert home == pwd.getpwuid(65534).pw_dir
         except KeyError:
             assert home == "/"
+
+
+async def test_a_prompt_command_and_a_ps1_of_the_agent_leave_the_session_working(
+    bash: BashSession,
+) -> None:
+    # In this order the session used to stop seeing prompts: the agent's PROMPT_COMMAND
+    # replaced the one that puts our PS1 back, then its PS1 replaced ours.
+    await run(bash, "PROMPT_COMMAND='echo from-hook'")
+    await run(bash, "PS1='mine> '")
+    obs = await run(bash, "echo still")
+    assert obs.exit_code == 0
+    assert obs.content.splitlines() == ["still", "from-hook"]
+    obs = await run(bash, "export PROMPT_COMMAND=\"true; $PROMPT_COMMAND\"; PS1='$ '; echo again")
+    assert obs.exit_code == 0
+    assert obs.content.splitlines()[0] == "again"
