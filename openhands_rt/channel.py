@@ -90,7 +90,19 @@ async def connect_checked(path: str, *, peer_uid: int) -> socket.socket:
     its socket as root, which no process of the agent is). Raises
     :class:`SandboxConnectionError` otherwise; ``OSError`` when the connect fails.
     """
-    return await asyncio.to_thread(_connect_checked_sync, path, peer_uid)
+    connecting = asyncio.ensure_future(asyncio.to_thread(_connect_checked_sync, path, peer_uid))
+    try:
+        # Not cancelled with us: the thread runs on, and its socket must not be dropped.
+        return await asyncio.shield(connecting)
+    except asyncio.CancelledError:
+        connecting.add_done_callback(_close_result)
+        raise
+
+
+def _close_result(done: asyncio.Future[socket.socket]) -> None:
+    """Close the socket a connect finished with after its caller was cancelled."""
+    if not done.cancelled() and done.exception() is None:
+        done.result().close()
 
 
 class ChannelClient:
@@ -161,7 +173,11 @@ class ChannelClient:
                 if self._peer_uid is None:
                     return await unix_connect(self._unix_socket, self.ws_url, **kwargs)
                 sock = await connect_checked(self._unix_socket, peer_uid=self._peer_uid)
-                return await unix_connect(None, self.ws_url, sock=sock, **kwargs)
+                try:
+                    return await unix_connect(None, self.ws_url, sock=sock, **kwargs)
+                except BaseException:
+                    sock.close()  # a failed or cancelled handshake leaves it to us
+                    raise
             return await connect(self.ws_url, **kwargs)  # type: ignore[arg-type]
         except InvalidStatus as exc:
             if exc.response.status_code == 401:

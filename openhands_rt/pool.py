@@ -36,7 +36,7 @@ the start does not compete with the caller's first actions for the CPU.
 - **Workspaces.** With ``config.workspace_dir`` unset, a sandbox's workspace
   is inside its container (fresh with it). When set, it is the *parent* of
   the pool's workspaces: each sandbox gets a new subdirectory named after its
-  container, removed with the sandbox.
+  container, removed with the sandbox (and by ``gc`` if the pool's process dies).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from events import Event, EventStream, RuntimeStatus, RuntimeStatusObservation
 from openhands_rt.config import SandboxConfig
 from openhands_rt.docker_runtime import DockerRuntime
 from openhands_rt.errors import SandboxClosedError, SandboxError, SandboxStartError
-from openhands_rt.sandboxes import LABEL_POOL
+from openhands_rt.sandboxes import LABEL_POOL, LABEL_POOL_WORKSPACE
 from openhands_rt.supervisor import Supervisor, describe_error
 
 __all__ = ["SandboxPool"]
@@ -311,6 +311,8 @@ class SandboxPool:
         workspace = None
         if self.config.workspace_dir is not None:
             workspace = os.path.join(os.path.abspath(self.config.workspace_dir), name)
+            # So that gc removes it with the sandbox if this process dies.
+            labels[LABEL_POOL_WORKSPACE] = workspace
         # The pool talks to its sandboxes over their run directory's socket unless told
         # otherwise: no published port, no docker-proxy, ~0.1 CPU-s less per start.
         channel = self.config.channel if self.config.channel is not None else "unix"

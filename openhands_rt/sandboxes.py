@@ -29,6 +29,7 @@ __all__ = [
     "LABEL_KEEP_ALIVE",
     "LABEL_OWNER",
     "LABEL_POOL",
+    "LABEL_POOL_WORKSPACE",
     "LABEL_SESSION",
     "LABEL_VERSION",
     "SandboxInfo",
@@ -47,6 +48,8 @@ LABEL_VERSION = "org.openhands-rt.version"
 LABEL_KEEP_ALIVE = "org.openhands-rt.keep-alive"
 LABEL_OWNER = "org.openhands-rt.owner"  # host/boot_id/pid/starttime
 LABEL_POOL = "org.openhands-rt.pool"  # the id of the SandboxPool that made it
+# The workspace subdirectory a pool made for the sandbox (removed with it, and by gc).
+LABEL_POOL_WORKSPACE = "org.openhands-rt.pool-workspace"
 #: Host directories a runtime makes for its sandbox (in the temp directory) start so.
 HOST_DIR_PREFIX = "openhands-rt-"
 
@@ -140,9 +143,28 @@ def _info(raw: dict[str, Any]) -> SandboxInfo:
             str(m["Source"])
             for m in raw.get("Mounts") or []
             if m.get("Type") == "bind"
-            and os.path.basename(str(m.get("Source", ""))).startswith(HOST_DIR_PREFIX)
-            and os.path.dirname(str(m["Source"])) == tempfile.gettempdir()
+            and (
+                (
+                    os.path.basename(str(m.get("Source", ""))).startswith(HOST_DIR_PREFIX)
+                    and os.path.dirname(str(m["Source"])) == tempfile.gettempdir()
+                )
+                or _pool_workspace(m, labels)
+            )
         ),
+    )
+
+
+def _pool_workspace(mount: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Whether ``mount`` is the workspace subdirectory a pool made for this sandbox: the
+    directory its label names, bound at /workspace, named after the sandbox's first
+    session id (``pool-<pool id>-<n>``)."""
+    source = str(mount.get("Source", ""))
+    return (
+        bool(source)
+        and labels.get(LABEL_POOL_WORKSPACE) == source
+        and mount.get("Destination") == "/workspace"
+        and os.path.basename(source) == labels.get(LABEL_SESSION)
+        and os.path.basename(source).startswith(f"pool-{labels.get(LABEL_POOL)}-")
     )
 
 

@@ -212,13 +212,16 @@ CHILD = textwrap.dedent(
     from events import EventStream
     from openhands_rt import SandboxConfig, SandboxPool
 
-    image, label_key, label_value = sys.argv[1:4]
+    image, label_key, label_value, session, workspace = sys.argv[1:6]
 
     async def main() -> None:
-        config = SandboxConfig(runtime_container_image=image, labels={label_key: label_value})
+        config = SandboxConfig(
+            runtime_container_image=image, labels={label_key: label_value}, workspace_dir=workspace
+        )
         async with SandboxPool(config, size=2) as pool:
             await pool.wait_ready()
-            async with pool.acquire(EventStream(), session_id=sys.argv[4]):
+            async with pool.acquire(EventStream(), session_id=session):
+                await pool.wait_ready()  # refilled: no start under way when we are killed
                 print("POOL", pool.pool_id, flush=True)
                 await asyncio.sleep(3600)
 
@@ -228,7 +231,7 @@ CHILD = textwrap.dedent(
 
 
 async def test_a_sigkilled_owner_leaves_only_what_gc_removes(
-    runtime_image: str, test_labels: dict[str, str]
+    runtime_image: str, test_labels: dict[str, str], tmp_path: Path
 ) -> None:
     ((label_key, label_value),) = test_labels.items()
     handed_out = session_id()
@@ -240,6 +243,7 @@ async def test_a_sigkilled_owner_leaves_only_what_gc_removes(
         label_key,
         label_value,
         handed_out,
+        str(tmp_path / "pool"),
         stdout=asyncio.subprocess.PIPE,
     )
     assert child.stdout is not None
@@ -255,16 +259,20 @@ async def test_a_sigkilled_owner_leaves_only_what_gc_removes(
             await child.wait()
     async with open_docker() as docker:
         left = await list_sandboxes(docker, labels={LABEL_POOL: pool_id})
-        # One handed out, one waiting (and the replacement of the first, if made yet).
-        assert len(left) >= 2
+        # One handed out, two waiting.
+        assert len(left) == 3
         assert CONTAINER_PREFIX + handed_out in {s.name for s in left}
         assert all(s.orphan for s in left)
         host_dirs = [d for s in left for d in s.host_dirs]
-        assert host_dirs
+        # Each one's run directory, and the workspace subdirectory the pool made for it.
+        workspaces = sorted((tmp_path / "pool").iterdir())
+        assert len(workspaces) == 3
+        assert {str(w) for w in workspaces} <= set(host_dirs)
         removed = await reap_orphans(docker, labels=test_labels)
     assert {s.name for s in left} <= set(removed)
     assert await pool_containers(pool_id) == []
     assert not any(os.path.exists(d) for d in host_dirs)
+    assert list((tmp_path / "pool").iterdir()) == []
 
 
 async def test_pools_for_two_configs_take_turns(make_config: ConfigFactory) -> None:
