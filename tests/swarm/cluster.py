@@ -190,6 +190,15 @@ class SwarmCluster:
             )
         return f"{ref}:{tag}"
 
+    async def pull(self, index: int, ref: str) -> dict[str, Any]:
+        """Pull ``ref`` (``REGISTRY/repository:tag``) on node ``index``; its inspect data."""
+        repository, _, tag = ref.rpartition(":")
+        async with self.engine(index) as engine:
+            await _stream_or_raise(
+                engine, "images/create", "POST", params={"fromImage": repository, "tag": tag}
+            )
+            return dict(await engine.images.inspect(ref))
+
 
 def _state(nodes: list[Any], node_id: str) -> str | None:
     for n in nodes:

@@ -153,13 +153,11 @@ async def test_an_image_pushed_to_the_registry_is_pulled_by_a_node(
         assert BASE_REPOSITORY in (await response.json())["repositories"]
     async with swarm_cluster.engine(1) as first:
         pushed = await first.images.inspect(registry_base_image)
-    repository, tag = registry_base_image.rsplit(":", 1)
     async with swarm_cluster.engine(2) as second:
         with pytest.raises(DockerError) as missing:
             await second.images.inspect(registry_base_image)
         assert missing.value.status == 404
-        await second.images.pull(repository, tag=tag)
-        pulled = await second.images.inspect(registry_base_image)
+    pulled = await swarm_cluster.pull(2, registry_base_image)
     assert pulled["Id"] == pushed["Id"]
     assert pulled["RepoDigests"] == pushed["RepoDigests"]
 
