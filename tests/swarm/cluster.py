@@ -50,6 +50,7 @@ from aiodocker.volumes import DockerVolume
 from node_image import NODE_SOCKET_DIR, ensure_node_image
 from registry_process import RegistryProcess, start_registry
 
+from openhands_rt.docker.lifecycle import demultiplex_lines
 from openhands_rt.docker_client import open_docker
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "SwarmCluster",
     "SwarmNode",
     "engine_events",
+    "engine_request",
     "leftovers",
     "open_swarm_cluster",
     "sweep",
@@ -76,13 +78,26 @@ _CHUNK = 1 << 20
 
 
 @asynccontextmanager
+async def engine_request(
+    docker: aiodocker.Docker, path: str, method: str = "GET", **kwargs: Any
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """``docker._query`` whose response is released on the way out: aiodocker leaves
+    that to the caller, and a stream left before its end would keep its connection."""
+    async with docker._query(path, method, timeout=_NO_TIMEOUT, **kwargs) as response:
+        try:
+            yield response
+        finally:
+            response.release()
+
+
+@asynccontextmanager
 async def engine_events(
     docker: aiodocker.Docker, filters: Mapping[str, Sequence[str]]
 ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
     """The engine's event stream (``GET /events``), subscribed when this is entered:
     whatever happens after ``async with`` is in it."""
-    async with docker._query(
-        "events", params={"filters": json.dumps(filters)}, timeout=_NO_TIMEOUT
+    async with engine_request(
+        docker, "events", params={"filters": json.dumps(filters)}
     ) as response:
 
         async def items() -> AsyncIterator[dict[str, Any]]:
@@ -233,8 +248,8 @@ async def _stream_or_raise(
     data: Any = None,
 ) -> None:
     """Run an endpoint that answers with a JSON progress stream; raise on its error item."""
-    async with docker._query(
-        path, method, params=params, headers=headers, data=data, timeout=_NO_TIMEOUT
+    async with engine_request(
+        docker, path, method, params=params, headers=headers, data=data
     ) as response:
         async for raw in response.content:
             if raw.strip():
@@ -245,7 +260,7 @@ async def _stream_or_raise(
 
 
 async def _copy_image(source: aiodocker.Docker, target: aiodocker.Docker, image: str) -> None:
-    async with source._query(f"images/{image}/get", timeout=_NO_TIMEOUT) as saved:
+    async with engine_request(source, f"images/{image}/get") as saved:
         await _stream_or_raise(
             target,
             "images/load",
@@ -259,20 +274,23 @@ async def _copy_image(source: aiodocker.Docker, target: aiodocker.Docker, image:
 async def _start_node(host: aiodocker.Docker, node: SwarmNode) -> None:
     """Start the node's container and wait for its dockerd's "API listen on" line
     (one per start: the log keeps those of earlier starts), then ``/_ping``."""
-    container = host.containers.container(node.container_id)
-    await container.start()
+    await host.containers.container(node.container_id).start()
     node.starts += 1
-    seen = 0
-    tail: list[str] = []
+    buffer = b""
     with anyio.fail_after(60):
-        async for line in container.log(stdout=True, stderr=True, follow=True):
-            tail = [*tail[-30:], line]
-            if "API listen on" in line:
-                seen += 1
-                if seen == node.starts:
+        async with engine_request(
+            host,
+            f"containers/{node.container_id}/logs",
+            params={"follow": "1", "stdout": "1", "stderr": "1"},
+        ) as response:
+            async for chunk in response.content.iter_any():
+                buffer += chunk
+                lines = demultiplex_lines(buffer)
+                if sum(b"API listen on" in line for line in lines) >= node.starts:
                     break
-        else:
-            raise RuntimeError(f"{node.container_name}'s dockerd exited:\n" + "".join(tail))
+            else:
+                tail = b"\n".join(demultiplex_lines(buffer)[-30:]).decode(errors="replace")
+                raise RuntimeError(f"{node.container_name}'s dockerd exited:\n{tail}")
     async with open_docker(node.docker_host):
         pass  # open_docker asks the engine for its version: it answers on the socket
 
@@ -303,11 +321,11 @@ async def _create_node(
             # --privileged fails here (the VM's bounding set lacks CAP_SYS_RESOURCE).
             "CapAdd": ["ALL"],
             "CapDrop": ["SYS_RESOURCE"],
-            "SecurityOpt": [
-                "seccomp=unconfined",
-                "apparmor=unconfined",
-                "systempaths=unconfined",
-            ],
+            "SecurityOpt": ["seccomp=unconfined", "apparmor=unconfined"],
+            # The CLI's "--security-opt systempaths=unconfined" is no option of the
+            # API: it is these two fields, empty (nothing masked, nothing read-only).
+            "MaskedPaths": [],
+            "ReadonlyPaths": [],
             "CgroupnsMode": "private",
             "DeviceCgroupRules": ["a *:* rwm"],
             "Binds": [f"{socket_dir}:{NODE_SOCKET_DIR}", f"{name}:/var/lib/docker"],

@@ -41,18 +41,22 @@ NODE_SOCKET_DIR = "/run/openhands-rt-node"
 NODE_PACKAGES = ("docker.io", "iptables", "iproute2")
 
 # Without --privileged the outer engine mounts /sys and the cgroup hierarchies
-# read-only; the node's dockerd must create cgroups and write to /sys. A killed
-# node's container keeps its root file system, so dockerd's pid file from the
-# previous run would stop the new dockerd ("pid file found, ensure docker is
-# not running"). Arguments (``--insecure-registry``...) come from the
-# container's command.
+# read-only; the node's dockerd must create cgroups and write to /sys. A cgroup
+# (v1) hierarchy's superblock is the host's, so changing its flags fails with
+# EBUSY: remount the mount point only ("bind"). A killed
+# node's container keeps its root file system, so the run-time state of the
+# previous run is still there: dockerd's pid file would stop the new dockerd
+# ("pid file found, ensure docker is not running"), and containerd's (under
+# /var/run/docker) can name a pid that a process of the new run has, so dockerd
+# waits for a containerd that is not there. Remove what a reboot would.
+# Arguments (``--insecure-registry``...) come from the container's command.
 ENTRYPOINT = f"""#!/bin/sh
 set -eu
 mount -o remount,rw /sys
 awk '$2 ~ "^/sys/fs/cgroup" {{print $2}}' /proc/mounts | while read -r where; do
-    mount -o remount,rw "$where"
+    mount -o remount,bind,rw "$where"
 done
-rm -f /var/run/docker.pid
+rm -rf /var/run/docker.pid /var/run/docker
 mkdir -p {NODE_SOCKET_DIR}
 exec dockerd --host unix://{NODE_SOCKET_DIR}/docker.sock --storage-driver overlay2 \\
     --no-new-privileges "$@"
@@ -102,28 +106,35 @@ async def _build(
         "pull": "0",
         "labels": json.dumps(labels),
     }
+    async with (
+        docker._query(
+            "build",
+            "POST",
+            params=params,
+            data=_context(dockerfile),
+            headers={"Content-Type": "application/x-tar"},
+            timeout=aiohttp.ClientTimeout(),
+        ) as response,
+        response,
+    ):  # aiodocker leaves the release to its caller
+        await _read_build(response, ref)
+
+
+async def _read_build(response: aiohttp.ClientResponse, ref: str) -> None:
     tail: list[str] = []
-    async with docker._query(
-        "build",
-        "POST",
-        params=params,
-        data=_context(dockerfile),
-        headers={"Content-Type": "application/x-tar"},
-        timeout=aiohttp.ClientTimeout(),
-    ) as response:
-        async for raw in response.content:
-            if not raw.strip():
-                continue
-            item: dict[str, Any] = json.loads(raw)
-            if "error" in item or "errorDetail" in item:
-                detail = item.get("errorDetail") or {}
-                raise RuntimeError(
-                    f"building {ref} failed: {detail.get('message') or item.get('error')}\n"
-                    + "".join(tail[-20:])
-                )
-            if "stream" in item:
-                tail.append(str(item["stream"]))
-                del tail[:-40]
+    async for raw in response.content:
+        if not raw.strip():
+            continue
+        item: dict[str, Any] = json.loads(raw)
+        if "error" in item or "errorDetail" in item:
+            detail = item.get("errorDetail") or {}
+            raise RuntimeError(
+                f"building {ref} failed: {detail.get('message') or item.get('error')}\n"
+                + "".join(tail[-20:])
+            )
+        if "stream" in item:
+            tail.append(str(item["stream"]))
+            del tail[:-40]
 
 
 async def ensure_node_image(docker: aiodocker.Docker, base_image: str) -> tuple[str, float]:
