@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make a Docker engine available on this (systemd-less, root) Debian machine:
-# install docker.io, debootstrap and runsc when absent, register runsc as an
+# install docker.io, debootstrap, docker-registry and runsc when absent, register runsc as an
 # OCI runtime in /etc/docker/daemon.json (merged, other keys kept), start
 # dockerd in the background when its socket does not answer, and wait for it.
 #
@@ -26,6 +26,8 @@ die() { say "error: $*"; exit 1; }
 missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+# The swarm tests' registry (tests/swarm): run by the tests as a process of their own.
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 [ -x /usr/bin/runsc ] || missing+=(runsc)
 if [ "${#missing[@]}" -gt 0 ]; then
     say "installing ${missing[*]}"
@@ -49,6 +51,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
     done
     if [ "${#required[@]}" -gt 0 ]; then
         apt-get install -y -q --no-install-recommends "${required[@]}" >/dev/null
+    fi
+    if [[ " ${missing[*]} " == *" docker-registry "* ]]; then
+        # Its package starts a registry of its own (:5000 on every address, htpasswd
+        # auth) where an init system lets it; the tests start theirs: keep that one off.
+        if [ -x /etc/init.d/docker-registry ]; then
+            /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
+        fi
+        update-rc.d docker-registry disable >/dev/null 2>&1 || true
     fi
     if [[ " ${missing[*]} " == *" runsc "* ]]; then
         # Captured first: `grep -q` closing the pipe early would fail it under pipefail.
