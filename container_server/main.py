@@ -5,8 +5,12 @@
 ``--api-key-file PATH`` (a file only root can read: how Docker sandboxes get
 it, so that the key is in no process's environment). Port 0 picks a free port.
 Once ``/alive`` answers "ok" the first line on standard output is
-``listening on http://HOST:PORT`` (or ``listening on unix:PATH`` with
-``--unix-socket``).
+``listening on http://HOST:PORT`` (``https://`` with ``--tls-file``, or
+``listening on unix:PATH`` with ``--unix-socket``).
+
+``--tls-file PEM``: serve TLS with the private key and certificate in PEM
+(:func:`container_server.tls.server_context`); read like the key file, as
+root before the privileges are dropped. Not with ``--unix-socket``.
 
 ``--shell-state FILE``: if FILE exists (JSON of an :class:`events.control.ShellState`,
 written by the host from a snapshot), the shell starts in that working
@@ -31,6 +35,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 
 import anyio
@@ -46,6 +51,7 @@ from container_server.privileges import (
 )
 from container_server.seccomp import install_filter
 from container_server.shell_state import read_state_file
+from container_server.tls import server_context
 from events.allocator import settle_allocator
 from events.control import ShellState
 from events.wire import READY_LINE_PREFIX
@@ -65,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--api-key-file",
         default=None,
         help="read the session API key from this file instead of SESSION_API_KEY",
+    )
+    p.add_argument(
+        "--tls-file",
+        default=None,
+        help="serve TLS with the private key and certificate in this PEM file (TCP only)",
     )
     p.add_argument(
         "--shell-state",
@@ -116,7 +127,7 @@ class _ListeningSocket(socket.socket):
         pass
 
 
-def listen(args: argparse.Namespace) -> tuple[socket.socket, str]:
+def listen(args: argparse.Namespace, *, tls: bool = False) -> tuple[socket.socket, str]:
     """The server's listening socket and where it listens (for the readiness line)."""
     if args.unix_socket:
         path = args.unix_socket
@@ -141,7 +152,7 @@ def listen(args: argparse.Namespace) -> tuple[socket.socket, str]:
         )
     sock = socket.create_server((args.host, args.port), reuse_port=False)
     host, port = sock.getsockname()[:2]
-    return sock, f"http://{host}:{port}"
+    return sock, f"{'https' if tls else 'http'}://{host}:{port}"
 
 
 async def serve(
@@ -151,6 +162,7 @@ async def serve(
     sock: socket.socket,
     where: str,
     restore: ShellState | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> int:
     settings = ServerSettings(
         working_dir=os.path.abspath(args.working_dir),
@@ -177,7 +189,7 @@ async def serve(
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     try:
-        site = web.SockSite(runner, sock)
+        site = web.SockSite(runner, sock, ssl_context=ssl_context)
         await site.start()
         print(f"{READY_LINE_PREFIX}{where}", flush=True)
         stop = asyncio.Event()
@@ -266,6 +278,21 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.tls_file and args.unix_socket:
+        print("error: --tls-file serves TCP; it cannot go with --unix-socket", file=sys.stderr)
+        return 2
+    try:
+        ssl_context = server_context(args.tls_file) if args.tls_file else None
+    except ssl.SSLError as exc:
+        print(
+            f"error: cannot use the TLS file {args.tls_file}: it must hold a private key and "
+            f"its certificate in PEM ({exc})",
+            file=sys.stderr,
+        )
+        return 2
+    except OSError as exc:
+        print(f"error: cannot use the TLS file {args.tls_file}: {exc}", file=sys.stderr)
+        return 2
     try:
         restore = read_state_file(args.shell_state) if args.shell_state else None
     except (OSError, ValueError) as exc:
@@ -303,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: cannot prepare root's account: {exc}", file=sys.stderr)
             return 2
     try:
-        sock, where = listen(args)
+        sock, where = listen(args, tls=ssl_context is not None)
     except OSError as exc:
         print(f"error: cannot listen: {exc}", file=sys.stderr)
         return 2
@@ -316,6 +343,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: cannot drop privileges: {exc}", file=sys.stderr)
             return 2
     try:
-        return asyncio.run(serve(args, api_key, notes, sock, where, restore))
+        return asyncio.run(serve(args, api_key, notes, sock, where, restore, ssl_context))
     except KeyboardInterrupt:
         return 130

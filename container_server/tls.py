@@ -19,6 +19,10 @@ worker thread: OpenSSL releases the GIL while it parses). A server with no
 plugin never pays for it. Processes the server starts (the shell, the agent's
 commands, a Jupyter kernel) are not affected: the environment is restored
 right after the import.
+
+The server's own TLS (``--tls-file``, :func:`server_context`) is another
+matter: a server context verifies no peer and loads no CA, so the deferral
+changes nothing for it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import ssl
 import sys
 from collections.abc import Iterator
 
-__all__ = ["ca_load_deferred", "load_deferred_cas", "without_ca_load"]
+__all__ = ["ca_load_deferred", "load_deferred_cas", "server_context", "without_ca_load"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,3 +99,19 @@ def load_deferred_cas() -> None:
             "(every server certificate is refused)"
         )
     _deferred = False
+
+
+def server_context(path: str) -> ssl.SSLContext:
+    """The server's TLS context, from ``path``: its private key and certificate in one PEM.
+
+    The host made both for this sandbox and pins the certificate
+    (docs/scale-out.md, 1.4); the client is not asked for one. TLS 1.3 only:
+    the client is ours. Reads the file now, so call it while the file is still
+    readable (as root, before the privileges are dropped). Raises ``OSError``
+    when it cannot be read, :class:`ssl.SSLError` when it holds no usable key
+    and certificate (or they do not match).
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(path)
+    return context
