@@ -16,6 +16,11 @@ reported.
 Beside the actions, :meth:`ChannelClient.shell_state` asks for the shell's
 working directory and exported environment (a control frame, never on the
 stream), read after every action sent before it has finished.
+
+Across hosts the channel is ``wss://``, with the server's certificate pinned:
+:func:`pinned_context` trusts that one certificate and nothing else, and a
+``wss://`` client without such a context is refused (a sandbox is never
+verified against the system's CAs).
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 import stat
 import struct
+import urllib.parse
 from collections.abc import Callable, Mapping
 from types import TracebackType
 
@@ -41,9 +48,38 @@ from events.wire import API_KEY_HEADER, CLIENT_ID_PARAM, MAX_FRAME_BYTES
 from openhands_rt.channel_core import ChannelProtocol
 from openhands_rt.errors import SandboxConnectionError, SandboxError
 
-__all__ = ["API_KEY_HEADER", "ChannelClient"]
+__all__ = ["API_KEY_HEADER", "ChannelClient", "pinned_context"]
 
 logger = logging.getLogger(__name__)
+
+
+def pinned_context(cert_pem: str) -> ssl.SSLContext:
+    """A TLS client context that trusts exactly ``cert_pem`` (a sandbox server's certificate).
+
+    No system CA is loaded: the pinned certificate is the only trust anchor,
+    so only the holder of its private key completes the handshake. The host
+    name is checked too (``server_hostname`` of the connection against the
+    certificate's DNS name), and TLS 1.3 is the minimum (the server is ours).
+    Raises :class:`ssl.SSLError` when ``cert_pem`` holds no certificate.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.check_hostname = True
+    context.load_verify_locations(cadata=cert_pem)
+    return context
+
+
+def _tls_error(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind ``exc`` (itself or a cause), if a handshake failed."""
+    visited: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in visited:
+        if isinstance(current, ssl.SSLError):
+            return current
+        visited.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _connect_checked_sync(path: str, peer_uid: int) -> socket.socket:
@@ -131,8 +167,20 @@ class ChannelClient:
         peer_uid: int | None = None,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         reconnect_deadline: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
+        if url.startswith("wss://") and ssl_context is None:
+            # Never the system's CAs for a sandbox: its certificate is pinned or nothing.
+            raise SandboxConnectionError(
+                f"refusing {url}: a wss:// channel needs the sandbox's pinned certificate "
+                "(ssl_context=pinned_context(...))"
+            )
+        if ssl_context is not None and not url.startswith("wss://"):
+            raise ValueError(f"ssl_context given for {url}: TLS channels use wss:// URLs")
         self._url = url
+        self._ssl_context = ssl_context
+        self._server_hostname = server_hostname
         self._api_key = api_key
         self._client_id = client_id
         self._on_event = on_event
@@ -178,6 +226,10 @@ class ChannelClient:
                 except BaseException:
                     sock.close()  # a failed or cancelled handshake leaves it to us
                     raise
+            if self._ssl_context is not None:
+                kwargs["ssl"] = self._ssl_context
+                if self._server_hostname is not None:
+                    kwargs["server_hostname"] = self._server_hostname
             return await connect(self.ws_url, **kwargs)  # type: ignore[arg-type]
         except InvalidStatus as exc:
             if exc.response.status_code == 401:
@@ -185,6 +237,11 @@ class ChannelClient:
             raise SandboxConnectionError(
                 f"the sandbox answered the channel handshake with {exc.response.status_code}"
             ) from exc
+
+    def _expected_name(self) -> str:
+        if self._server_hostname is not None:
+            return self._server_hostname
+        return urllib.parse.urlsplit(self._url).hostname or self._url
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -194,6 +251,17 @@ class ChannelClient:
         try:
             self._ws = await self._open()
         except (OSError, InvalidHandshake, TimeoutError) as exc:
+            tls_error = _tls_error(exc)
+            if isinstance(tls_error, ssl.SSLCertVerificationError):
+                raise SandboxConnectionError(
+                    "cannot open the action channel: the sandbox's TLS certificate was refused "
+                    f"(not the pinned one, or not for {self._expected_name()}): "
+                    f"{tls_error.verify_message}"
+                ) from exc
+            if tls_error is not None:
+                raise SandboxConnectionError(
+                    f"cannot open the action channel: the TLS handshake failed: {tls_error}"
+                ) from exc
             raise SandboxConnectionError(f"cannot open the action channel: {exc}") from exc
         self.protocol.connected()
         await self._flush()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import uuid
 import weakref
 from collections.abc import Callable, Coroutine
@@ -42,9 +43,14 @@ from events import (
 from events.codec import AnyEvent
 from events.control import ShellState
 from events.wire import ACTION_TYPES, is_runnable, special_key
-from openhands_rt.channel import ChannelClient
+from openhands_rt.channel import ChannelClient, pinned_context
 from openhands_rt.config import SandboxConfig
-from openhands_rt.errors import SandboxClosedError, SandboxError, SessionInUseError
+from openhands_rt.errors import (
+    SandboxClosedError,
+    SandboxConnectionError,
+    SandboxError,
+    SessionInUseError,
+)
 from openhands_rt.supervisor import Supervisor, describe_error
 
 __all__ = ["EventStreamRuntime", "SandboxEndpoint"]
@@ -69,6 +75,10 @@ class SandboxEndpoint:
     unix_socket: str | None = None
     # The uid the process listening on unix_socket must have (SO_PEERCRED); None: unchecked.
     peer_uid: int | None = None
+    # With a wss:// url: the server's certificate (PEM), the channel's only trust anchor.
+    server_cert: str | None = None
+    # The DNS name that certificate is for (what the handshake checks); None: the url's host.
+    server_name: str | None = None
 
 
 class EventStreamRuntime:
@@ -186,6 +196,14 @@ class EventStreamRuntime:
 
     async def _open_channel(self, endpoint: SandboxEndpoint) -> ChannelClient:
         """Open the action channel to ``endpoint`` and start its reader (in the supervisor)."""
+        ssl_context = None
+        if endpoint.server_cert is not None:
+            try:
+                ssl_context = pinned_context(endpoint.server_cert)
+            except ssl.SSLError as exc:
+                raise SandboxConnectionError(
+                    f"the sandbox's certificate cannot be pinned: {exc}"
+                ) from exc
         channel = ChannelClient(
             endpoint.url,
             api_key=endpoint.api_key,
@@ -193,6 +211,8 @@ class EventStreamRuntime:
             on_event=self._on_channel_event,
             unix_socket=endpoint.unix_socket,
             peer_uid=endpoint.peer_uid,
+            ssl_context=ssl_context,
+            server_hostname=endpoint.server_name,
         )
         await channel.open()
         self._start_soon(self._serve_channel, channel, name=f"runtime-{self.session_id}-channel")
