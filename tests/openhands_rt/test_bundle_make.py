@@ -115,6 +115,63 @@ def test_the_interpreter_runs_through_its_own_loader(
     assert isolated == "1"
 
 
+# Run by the bundle's interpreter: the server's TLS context from a --tls-file, and a
+# handshake with a client that pins the certificate, over a socket pair.
+TLS_HANDSHAKE = """
+import socket, ssl, sys, threading
+from container_server.tls import server_context
+
+tls_file, cert_file, name = sys.argv[1:4]
+server_side, client_side = socket.socketpair()
+served = []
+
+def serve():
+    with server_context(tls_file).wrap_socket(server_side, server_side=True) as tls:
+        served.append(tls.recv(5))
+        tls.sendall(b"pong!")
+
+thread = threading.Thread(target=serve)
+thread.start()
+client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+client.load_verify_locations(cafile=cert_file)
+with client.wrap_socket(client_side, server_hostname=name) as tls:
+    tls.sendall(b"ping!")
+    answer = tls.recv(5)
+    print(tls.version(), answer.decode(), served[0].decode() if served else "-")
+thread.join()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_the_bundles_interpreter_serves_tls_from_a_tls_file(made: Made, tmp_path: Path) -> None:
+    # A remote sandbox's server serves TLS (--tls-file): the bundle carries _ssl and libssl.
+    bundle = made[0][0]
+    name = "sandbox.openhands-rt.test"
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    request = ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    subject = ["-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}"]
+    subprocess.run(
+        ["openssl", *request, *subject, "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    tls_file = tmp_path / "tls.pem"
+    tls_file.write_bytes(key.read_bytes() + cert.read_bytes())
+    site = bundle.path / bundle.manifest.site
+    code = f"import sys; sys.path[:0] = [{str(site)!r}]\n{TLS_HANDSHAKE}"
+    python = bundle.python_command(mount=str(bundle.path), isolated=True)
+    done = subprocess.run(
+        [*python, "-c", code, str(tls_file), str(cert), name],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["TLSv1.3", "pong!", "ping!"]
+
+
 @pytest.mark.timeout(120)
 def test_the_plugins_interpreter_finds_the_bundles_packages_by_itself(
     made: Made, tmp_path: Path
