@@ -236,6 +236,31 @@ async def test_a_pinned_client_runs_an_action_over_tls(
     assert observation.exit_code == 0
 
 
+async def test_the_channel_ignores_the_environments_proxy(
+    server: Server, identity: ServerIdentity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Port 9 (discard) refuses connections here: through it, the channel would not open.
+    for variable in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    for variable in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+    answers = Answers(cause=2)
+    client = ChannelClient(
+        server.wss_url,
+        api_key=KEY,
+        client_id="unproxied",
+        on_event=answers,
+        ssl_context=pinned_context(identity.cert_pem),
+        server_hostname=identity.server_name,
+    )
+    async with client:
+        await client.send(echo(2, "no-proxy"))
+        await asyncio.wait_for(answers.done.wait(), 30)
+    observation = answers.events[-1]
+    assert isinstance(observation, CmdOutputObservation)
+    assert observation.content.strip() == "no-proxy"
+
+
 async def open_refused(client: ChannelClient) -> str:
     with pytest.raises(SandboxConnectionError) as refused:
         await client.open()
