@@ -154,6 +154,13 @@ class ChannelClient:
     client:`` does all three for a client used on its own. :meth:`run`
     returns once the client is closed or has given up reconnecting; any other
     end is an exception, for the owner to report.
+
+    A ``wss://`` url needs ``ssl_context`` (:func:`pinned_context` of the
+    sandbox's certificate; without it the constructor raises
+    :class:`SandboxConnectionError`), and ``server_hostname`` is the name the
+    certificate must be for (default: the url's host). A refused certificate
+    fails :meth:`open` with :class:`SandboxConnectionError`. ``ssl_context``
+    with another scheme is a :class:`ValueError`.
     """
 
     def __init__(

@@ -148,6 +148,17 @@ def test_a_wss_url_without_a_pin_is_refused() -> None:
         ChannelClient("wss://127.0.0.1:1/ws", api_key=KEY, client_id="c", on_event=print)
 
 
+def test_a_pin_for_a_plain_url_is_a_mistake(identity: ServerIdentity) -> None:
+    with pytest.raises(ValueError, match="TLS channels use wss:// URLs"):
+        ChannelClient(
+            "ws://127.0.0.1:1/ws",
+            api_key=KEY,
+            client_id="c",
+            on_event=print,
+            ssl_context=pinned_context(identity.cert_pem),
+        )
+
+
 # ------------------------------------------------------------------------------ the channel
 
 
