@@ -16,6 +16,7 @@ from openhands_rt.plugins import ALL_PLUGINS, JupyterRequirement, Plugin, Plugin
 from openhands_rt.pool import SandboxPool
 from openhands_rt.runtime import EventStreamRuntime
 from openhands_rt.snapshots import SnapshotInfo, list_snapshots, remove_snapshot
+from openhands_rt.swarm import SwarmRuntime
 
 __all__ = [
     "ALL_PLUGINS",
@@ -34,6 +35,7 @@ __all__ = [
     "SandboxStartError",
     "SessionInUseError",
     "SnapshotInfo",
+    "SwarmRuntime",
     "fork",
     "list_snapshots",
     "remove_snapshot",

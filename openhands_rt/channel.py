@@ -200,6 +200,8 @@ class ChannelClient:
         self._reader_scope: anyio.CancelScope | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self.reconnects = 0
+        #: Called (from the reader) each time the connection drops, before reconnecting.
+        self.on_disconnect: Callable[[], None] | None = None
         self._state_waiters: dict[int, asyncio.Future[ShellState]] = {}
 
     @property
@@ -391,6 +393,8 @@ class ChannelClient:
                         return  # closed meanwhile
                     self.protocol.disconnected(_now())
                     self._deliver_shell_states()
+                    if self.on_disconnect is not None:
+                        self.on_disconnect()
                     logger.warning("action channel to %s lost; reconnecting", self._url)
                     await self._reconnect()
             except Exception as exc:

@@ -71,7 +71,9 @@ def make_server_identity(server_name: str) -> ServerIdentity:
         ) from exc
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, server_name)])
+    # X.509 caps a common name at 64 characters; the name that counts is the SAN's.
+    common_name = server_name.split(".")[0][:64]
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     certificate = (
         x509.CertificateBuilder()

@@ -92,6 +92,20 @@ async def test_a_dropped_connection_resends_what_is_unanswered(
     assert sorted(e.cause for e in events) == [1, 2]  # type: ignore[type-var]
 
 
+async def test_the_owner_hears_of_each_drop(server: tuple[EchoServer, Server]) -> None:
+    _, ws_server = server
+    drops: list[bool] = []
+    client = ChannelClient(url_of(ws_server), api_key="k", client_id="c", on_event=print)
+    # Called from the reader before it reconnects: the connection is not open then.
+    client.on_disconnect = lambda: drops.append(client.protocol.is_open())
+    async with client:
+        await client.drop_connection()
+        await until(lambda: client.reconnects == 1)
+        await client.drop_connection()
+        await until(lambda: client.reconnects == 2)
+    assert drops == [False, False]
+
+
 async def test_no_server_to_reconnect_to_answers_with_errors(
     server: tuple[EchoServer, Server],
 ) -> None:

@@ -54,9 +54,17 @@ def stranger() -> ServerIdentity:
 # ------------------------------------------------------------------------------ the identity
 
 
+def test_a_name_longer_than_a_common_name_allows_is_in_the_san() -> None:
+    # A swarm sandbox's name: a 63-character service name under a fixed domain.
+    long_name = "openhands-runtime-" + "a" * 36 + "-0123abcd.sandbox.openhands-rt.invalid"
+    cert = x509.load_pem_x509_certificate(make_server_identity(long_name).cert_pem.encode())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == [long_name]
+
+
 def test_the_certificate_is_a_pinned_server_leaf_for_its_name(identity: ServerIdentity) -> None:
     cert = x509.load_pem_x509_certificate(identity.cert_pem.encode())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAME)])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAME.split(".")[0])])
     assert cert.version is x509.Version.v3
     assert (cert.subject, cert.issuer) == (name, name)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -27,9 +27,12 @@ import pytest_asyncio
 from cluster import RUN_LABEL, SwarmCluster, leftovers, open_swarm_cluster, sweep
 from registry_process import REGISTRY_BINARY, registry_missing
 
-from openhands_rt.image import DEFAULT_BASE_IMAGE, bootstrap_base_image
+from openhands_rt.docker_client import open_docker
+from openhands_rt.image import DEFAULT_BASE_IMAGE, bootstrap_base_image, build_runtime_image
 
 RUN_ID = "s" + uuid.uuid4().hex[:11]
+#: The runtime image the swarm tests build (apart from the real ``openhands-rt/runtime``).
+SWARM_REPOSITORY = "openhands-rt-test/swarm-runtime"
 
 
 def require_registry_binary() -> None:
@@ -90,6 +93,24 @@ def remove_by_hand(run_id: str, record: dict[str, Any]) -> list[str]:
     if tmp is not None:
         shutil.rmtree(tmp, ignore_errors=True)
     return failures
+
+
+@pytest.fixture(scope="session")
+def swarm_runtime_image(swarm_base_image: str, swarm_labels: dict[str, str]) -> Iterator[str]:
+    """The runtime image of this source tree, built on the host's engine (where
+    ``SwarmRuntime`` builds); removed at the end when this session built it."""
+    result = asyncio.run(
+        build_runtime_image(swarm_base_image, repository=SWARM_REPOSITORY, labels=swarm_labels)
+    )
+    yield result.image
+    asyncio.run(_remove_images(f"{RUN_LABEL}={RUN_ID}"))
+
+
+async def _remove_images(label: str) -> None:
+    async with open_docker() as host:
+        for image in await host.images.list(filters={"label": [label]}):
+            with contextlib.suppress(Exception):
+                await host.images.delete(image["Id"], force=True)
 
 
 @pytest.fixture(scope="session")

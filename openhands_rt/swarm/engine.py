@@ -1,0 +1,173 @@
+"""Talking to a Swarm manager: streamed requests, events, images and secrets.
+
+aiodocker has no Swarm secrets, service logs or image distribution of its own
+that fit here, so these go through its raw request (``Docker._query``) with
+the response always released (a stream left before its end would keep its
+connection), and the engine's refusals translated as everywhere else
+(:func:`openhands_rt.docker.engine.translated`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiodocker
+import aiohttp
+import anyio
+
+from openhands_rt.docker.engine import EngineError, NotFound, translated
+from openhands_rt.docker_client import split_image_ref
+
+__all__ = [
+    "distribute_image",
+    "engine_events",
+    "engine_request",
+    "read_json_stream",
+]
+
+_NO_TIMEOUT = aiohttp.ClientTimeout()
+_CHUNK = 1 << 20
+#: A registry without auth still wants the header on push: base64 of ``{}``.
+_NO_AUTH = base64.b64encode(b"{}").decode()
+# (manager id, registry, image id) -> the digest reference pushed; one push at a time each.
+_pushed: dict[tuple[str, str, str], str] = {}
+_push_locks: dict[tuple[str, str, str], anyio.Lock] = {}
+
+
+@asynccontextmanager
+async def engine_request(
+    docker: aiodocker.Docker, path: str, method: str = "GET", **kwargs: Any
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """A raw request whose response is released on the way out (no timeout: streams)."""
+    with translated():
+        async with docker._query(path, method, timeout=_NO_TIMEOUT, **kwargs) as response:
+            try:
+                yield response
+            finally:
+                response.release()
+
+
+@asynccontextmanager
+async def engine_events(
+    docker: aiodocker.Docker, filters: Mapping[str, Sequence[str]]
+) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+    """The engine's events (``GET /events``), subscribed when this is entered."""
+    async with engine_request(
+        docker, "events", params={"filters": json.dumps(filters)}
+    ) as response:
+
+        async def items() -> AsyncIterator[dict[str, Any]]:
+            async for raw in response.content:
+                if raw.strip():
+                    yield json.loads(raw)
+
+        yield items()
+
+
+async def read_json_stream(response: aiohttp.ClientResponse) -> list[dict[str, Any]]:
+    """Every item of a JSON progress stream; an error item raises :class:`EngineError`."""
+    items = []
+    async for raw in response.content:
+        if not raw.strip():
+            continue
+        item = json.loads(raw)
+        if "error" in item or "errorDetail" in item:
+            detail = item.get("errorDetail") or {}
+            raise EngineError(str(detail.get("message") or item.get("error")))
+        items.append(item)
+    return items
+
+
+async def _copy_image(source: aiodocker.Docker, target: aiodocker.Docker, image: str) -> None:
+    """Copy ``image`` from one engine to another (save → load, streamed)."""
+    async with (
+        engine_request(source, f"images/{image}/get") as saved,
+        engine_request(
+            target,
+            "images/load",
+            "POST",
+            params={"quiet": "1"},
+            headers={"Content-Type": "application/x-tar"},
+            data=saved.content.iter_chunked(_CHUNK),
+        ) as loaded,
+    ):
+        await read_json_stream(loaded)
+
+
+async def _engine_id(docker: aiodocker.Docker) -> str:
+    with translated():
+        info = await docker.system.info()
+    return str(info["ID"])
+
+
+async def _has_image(docker: aiodocker.Docker, ref: str) -> dict[str, Any] | None:
+    try:
+        with translated():
+            return dict(await docker.images.inspect(ref))
+    except NotFound:
+        return None
+
+
+async def _registry_has(manager: aiodocker.Docker, ref: str) -> bool:
+    """Whether the registry holds ``ref`` (asked through the manager's engine)."""
+    try:
+        async with engine_request(manager, f"distribution/{ref}/json") as response:
+            await response.read()
+    except EngineError:
+        return False
+    return True
+
+
+async def distribute_image(
+    local: aiodocker.Docker, manager: aiodocker.Docker, image: str, registry: str | None
+) -> str:
+    """The reference a service uses for ``image`` (on the ``local`` engine).
+
+    ``registry=None``: the image is on every node already; its name as it is.
+    Otherwise it is copied to the manager's engine when that is another engine
+    (save → load), tagged ``REGISTRY/<repository>:<tag>`` there, pushed, and
+    named by digest (``REGISTRY/<repository>@sha256:…``): every node pulls
+    exactly this image. A push already made by this process, which the registry
+    still holds, is not made again.
+    """
+    if registry is None:
+        return image
+    found = await _has_image(local, image)
+    if found is None:
+        raise NotFound(f"no such image on this host's engine: {image}")
+    image_id = str(found["Id"])
+    manager_id = await _engine_id(manager)
+    key = (manager_id, registry, image_id)
+    lock = _push_locks.setdefault(key, anyio.Lock())
+    async with lock:
+        done = _pushed.get(key)
+        if done is not None and await _registry_has(manager, done):
+            return done
+        if await _has_image(manager, image_id) is None:
+            if manager_id == await _engine_id(local):
+                raise NotFound(f"the image {image} vanished from the engine")
+            await _copy_image(local, manager, image_id)
+        if image.startswith("sha256:") or "@" in image:
+            repository, tag = "openhands-rt/image", image_id.removeprefix("sha256:")[:12]
+        else:
+            repository, tag = split_image_ref(image)
+        target = f"{registry}/{repository}"
+        with translated():
+            await manager.images.tag(image_id, target, tag=tag)
+        async with engine_request(
+            manager,
+            f"images/{target}/push",
+            "POST",
+            params={"tag": tag},
+            headers={"X-Registry-Auth": _NO_AUTH},
+        ) as response:
+            items = await read_json_stream(response)
+        digests = [i["aux"]["Digest"] for i in items if "Digest" in (i.get("aux") or {})]
+        if not digests:
+            raise EngineError(f"pushing {target}:{tag} reported no digest")
+        _pushed[key] = f"{target}@{digests[-1]}"
+        return _pushed[key]
