@@ -33,6 +33,8 @@ import time
 import uuid
 from pathlib import Path
 
+import anyio
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "swarm"))
 
 from cluster import RUN_LABEL, SwarmCluster, leftovers, open_swarm_cluster
@@ -82,26 +84,36 @@ async def _concurrent(cluster: SwarmCluster, config: SandboxConfig, count: int) 
         for _ in range(count):
             stream = await stack.enter_async_context(EventStream())
             runtimes.append(_runtime(cluster, stream, config))
-        stack.push_async_callback(
-            lambda: asyncio.gather(*(rt.aclose() for rt in runtimes), return_exceptions=True)
-        )
+            stack.push_async_callback(runtimes[-1].aclose)
         times: list[float] = []
+        failed: list[str] = []
 
         async def start(rt: SwarmRuntime) -> None:
             t0 = time.monotonic()
-            await rt.connect()
-            obs = await rt.run(CmdRunAction("echo up"))
+            try:
+                await rt.connect()
+                obs = await rt.run(CmdRunAction("echo up"))
+            except Exception as exc:
+                failed.append(f"{type(exc).__name__}: {exc}")
+                return
             assert isinstance(obs, CmdOutputObservation), obs
             times.append(time.monotonic() - t0)
 
         wall = time.monotonic()
-        await asyncio.gather(*(start(rt) for rt in runtimes))
+        async with anyio.create_task_group() as group:
+            for rt in runtimes:
+                group.start_soon(start, rt)
         wall = time.monotonic() - wall
-        placed = collections.Counter(names.get(rt.node_id or "", "?") for rt in runtimes)
+        placed = collections.Counter(
+            names.get(rt.node_id or "", "?") for rt in runtimes if rt.node_id
+        )
         print(
             f"{count} concurrent starts to first observation: wall {wall:.1f} s; "
-            f"each p50 {statistics.median(times):.1f} s, max {max(times):.1f} s"
+            f"each p50 {statistics.median(times):.1f} s, max {max(times):.1f} s; "
+            f"{len(failed)} failed"
         )
+        for reason in failed:
+            print(f"  failed: {reason[:300]}")
         print("placement: " + ", ".join(f"{k} {v}" for k, v in sorted(placed.items())))
 
 

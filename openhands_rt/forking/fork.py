@@ -67,6 +67,7 @@ from openhands_rt.replay.recording import RecordedStep, fresh_copy
 from openhands_rt.replay.verify import Divergence, Mismatch, compare_observations
 from openhands_rt.replay.workspace import map_action_paths
 from openhands_rt.runtime import EventStreamRuntime
+from openhands_rt.swarm.runtime import SwarmRuntime, SwarmTarget
 
 if TYPE_CHECKING:
     from openhands_rt.docker_runtime import DockerRuntime
@@ -125,6 +126,22 @@ def fork(
     session_id: str | None = None,
     log_path: str | os.PathLike[str] | None = None,
     local: Literal[False] = False,
+    swarm: SwarmTarget,
+    on_report: Callable[[ForkReport], None] | None = None,
+    on_step: Callable[[StepReport], None] | None = None,
+) -> AbstractAsyncContextManager[SwarmRuntime]: ...
+
+
+@overload
+def fork(
+    source: ForkSource,
+    at_event: int,
+    *,
+    config: SandboxConfig | None = None,
+    session_id: str | None = None,
+    log_path: str | os.PathLike[str] | None = None,
+    local: Literal[False] = False,
+    swarm: None = None,
     on_report: Callable[[ForkReport], None] | None = None,
     on_step: Callable[[StepReport], None] | None = None,
 ) -> AbstractAsyncContextManager[DockerRuntime]: ...
@@ -139,6 +156,7 @@ def fork(
     session_id: str | None = None,
     log_path: str | os.PathLike[str] | None = None,
     local: Literal[True],
+    swarm: None = None,
     on_report: Callable[[ForkReport], None] | None = None,
     on_step: Callable[[StepReport], None] | None = None,
 ) -> AbstractAsyncContextManager[LocalRuntime]: ...
@@ -152,6 +170,7 @@ def fork(
     session_id: str | None = None,
     log_path: str | os.PathLike[str] | None = None,
     local: bool = False,
+    swarm: SwarmTarget | None = None,
     on_report: Callable[[ForkReport], None] | None = None,
     on_step: Callable[[StepReport], None] | None = None,
 ) -> AbstractAsyncContextManager[EventStreamRuntime]:
@@ -163,7 +182,9 @@ def fork(
     :class:`~openhands_rt.docker_runtime.DockerRuntime` made with ``config``
     and ``session_id`` (a :class:`~openhands_rt.local.LocalRuntime` with
     ``local``, its directory standing in for ``/workspace`` as in a local
-    replay); its stream holds copies of the source's events 0..``at_event``
+    replay; a :class:`~openhands_rt.swarm.SwarmRuntime` on the swarm ``swarm``
+    names, placed by Swarm on any node: how a sandbox lost with its node is
+    resumed elsewhere from its log); its stream holds copies of the source's events 0..``at_event``
     and goes on from there: in memory, or durable at ``log_path`` (a path
     that holds no events yet). The sandbox starts fresh — or, once snapshots
     exist, from the latest one at or before ``at_event`` — and the recorded
@@ -178,7 +199,10 @@ def fork(
     Leaving the block closes the runtime (its sandbox is removed) and the
     fork's stream.
     """
-    return _fork(source, at_event, config, session_id, log_path, local, on_report, on_step)
+    if local and swarm is not None:
+        raise ForkError("a fork is local or on a swarm, not both")
+    target: bool | SwarmTarget = swarm if swarm is not None else local
+    return _fork(source, at_event, config, session_id, log_path, target, on_report, on_step)
 
 
 @contextlib.asynccontextmanager
@@ -188,7 +212,7 @@ async def _fork(
     config: SandboxConfig | None,
     session_id: str | None,
     log_path: str | os.PathLike[str] | None,
-    local: bool,
+    local: bool | SwarmTarget,
     on_report: Callable[[ForkReport], None] | None,
     on_step: Callable[[StepReport], None] | None,
 ) -> AsyncIterator[EventStreamRuntime]:
@@ -253,10 +277,11 @@ async def _open_fork_stream(log_path: str | os.PathLike[str] | None) -> EventStr
 # ------------------------------------------------------------------ the snapshot path
 
 
-async def _usable_snapshots(config: SandboxConfig, *, local: bool) -> frozenset[str]:
+async def _usable_snapshots(config: SandboxConfig, *, local: bool | SwarmTarget) -> frozenset[str]:
     """The snapshot ids a sandbox of ``config`` can start from on this engine."""
-    if local:
-        return frozenset()  # a local sandbox has no image to start from
+    if local is not False:
+        # A local sandbox has no image to start from; snapshots are not built for Swarm.
+        return frozenset()
     from openhands_rt.snapshots import list_snapshots
 
     return frozenset(s.snapshot_id for s in await list_snapshots())
@@ -268,8 +293,10 @@ def _make_runtime(
     session_id: str | None,
     snapshot_id: str | None,
     *,
-    local: bool,
+    local: bool | SwarmTarget,
 ) -> EventStreamRuntime:
+    if isinstance(local, SwarmTarget):
+        return local.runtime(stream, config, session_id=session_id)
     if local:
         from openhands_rt.local import LocalRuntime
 
@@ -296,7 +323,7 @@ async def _restore(
     stream: EventStream,
     config: SandboxConfig,
     session_id: str | None,
-    local: bool,
+    local: bool | SwarmTarget,
     on_step: Callable[[StepReport], None] | None,
 ) -> tuple[EventStreamRuntime, ForkReport]:
     """Start the sandbox on a scratch stream, re-execute, hand the runtime over to ``stream``."""
@@ -306,7 +333,7 @@ async def _restore(
     handed_over = False
     try:
         await runtime.connect()
-        workspace: str | None = getattr(runtime, "working_dir", None) if local else None
+        workspace: str | None = getattr(runtime, "working_dir", None) if local is True else None
         tally = await _reexecute(runtime, plan.steps, workspace, on_step)
         report = ForkReport(
             source=source_name,

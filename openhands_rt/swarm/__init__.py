@@ -8,7 +8,7 @@
 - :mod:`~openhands_rt.swarm.tls`: the per-sandbox server identity (the ``swarm`` extra).
 """
 
-from openhands_rt.swarm.runtime import SwarmRuntime
+from openhands_rt.swarm.runtime import SwarmRuntime, SwarmTarget
 from openhands_rt.swarm.sandboxes import list_swarm_sandboxes, reap_swarm_orphans
 
-__all__ = ["SwarmRuntime", "list_swarm_sandboxes", "reap_swarm_orphans"]
+__all__ = ["SwarmRuntime", "SwarmTarget", "list_swarm_sandboxes", "reap_swarm_orphans"]

@@ -36,6 +36,7 @@ import logging
 import os
 import secrets
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiodocker
@@ -70,13 +71,64 @@ from openhands_rt.swarm.tasks import (
     task_reason,
 )
 
-__all__ = ["LABEL_HOST_DIR", "SwarmRuntime"]
+__all__ = ["LABEL_HOST_DIR", "SwarmRuntime", "SwarmTarget"]
 
 logger = logging.getLogger(__name__)
 
 _CERT_FILE = "server.pem"
 # Re-reading a task while waiting for a state Swarm sends no event for: seconds.
 _FIRST_LOOK, _LONGEST_LOOK = 0.05, 1.0
+# Starts whose container the node's engine could not start, in all (_ContainerNotStarted).
+_START_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class SwarmTarget:
+    """Where :class:`SwarmRuntime` sandboxes go: a manager, the registry, constraints.
+
+    For what makes runtimes itself (``fork(..., swarm=SwarmTarget(...))``).
+    """
+
+    docker_host: str | None = None
+    registry: str | None = None
+    placement: tuple[str, ...] = ()
+
+    def runtime(
+        self,
+        stream: EventStream,
+        config: SandboxConfig | None = None,
+        *,
+        session_id: str | None = None,
+        client_id: str | None = None,
+    ) -> SwarmRuntime:
+        return SwarmRuntime(
+            stream,
+            config,
+            session_id=session_id,
+            client_id=client_id,
+            docker_host=self.docker_host,
+            registry=self.registry,
+            placement=self.placement,
+        )
+
+
+class _ContainerNotStarted(SandboxStartError):
+    """The node's engine failed to start the task's container (nothing of ours ran).
+
+    Seen on these engines under load: "unable to remount dir as readonly: mount
+    tmpfs …/mounts/secrets … device or resource busy" (exit code 128). A new
+    service is placed afresh and usually starts: the start is tried again.
+    """
+
+
+def _never_started(task: Mapping[str, Any]) -> bool:
+    """Whether ``task`` failed before its container ran (rejected, or exit code 128
+    — the engine's own failure to start it)."""
+    status = task.get("Status") or {}
+    code = (status.get("ContainerStatus") or {}).get("ExitCode")
+    return status.get("State") == "rejected" or (
+        status.get("State") == "failed" and code in (None, 128)
+    )
 
 
 class SwarmRuntime(EventStreamRuntime):
@@ -194,6 +246,19 @@ class SwarmRuntime(EventStreamRuntime):
         return await swarm_engine.distribute_image(local, manager, image, self.registry)
 
     async def _create(self, image: str) -> SandboxEndpoint:
+        """:meth:`_create_once`, again when the node's engine could not start the
+        container at all (see :class:`_ContainerNotStarted`)."""
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                return await self._create_once(image)
+            except _ContainerNotStarted as exc:
+                if attempt == _START_ATTEMPTS:
+                    raise
+                logger.warning("%s; trying again (attempt %d)", exc, attempt + 1)
+                self.report_status(RuntimeStatus.STARTING, f"{exc}; trying again")
+        raise AssertionError("unreachable")
+
+    async def _create_once(self, image: str) -> SandboxEndpoint:
         """Make the service, wait until its server listens; on any failure remove
         what was made (service, secrets, run directory)."""
         from openhands_rt.swarm.tls import make_server_identity  # the swarm extra
@@ -296,9 +361,12 @@ class SwarmRuntime(EventStreamRuntime):
                         state = (last or {}).get("Status", {}).get("State")
                         if state in TERMINAL_STATES:
                             assert last is not None
-                            raise SandboxStartError(
-                                f"sandbox {name} failed to start: {task_reason(last)}"
+                            kind = (
+                                _ContainerNotStarted
+                                if not heard.is_set() and _never_started(last)
+                                else SandboxStartError
                             )
+                            raise kind(f"sandbox {name} failed to start: {task_reason(last)}")
                         if (
                             heard.is_set()
                             and state == "running"

@@ -34,7 +34,8 @@ from events import (
 )
 from openhands_rt import SandboxConfig
 from openhands_rt.errors import SandboxError, SessionInUseError
-from openhands_rt.swarm.runtime import LABEL_HOST_DIR, SwarmRuntime
+from openhands_rt.forking import fork
+from openhands_rt.swarm.runtime import LABEL_HOST_DIR, SwarmRuntime, SwarmTarget
 
 pytestmark = [
     pytest.mark.docker,
@@ -298,3 +299,39 @@ async def test_a_sandbox_that_fits_nowhere_fails_with_the_schedulers_reason(
             await rt.connect()
         await rt.aclose()
     assert await services_named(swarm_cluster, rt.service_name) == []
+
+
+async def test_a_sandbox_lost_with_its_node_is_resumed_elsewhere_from_its_log(
+    swarm_cluster: SwarmCluster, make_config: Callable[..., SandboxConfig], tmp_path: Any
+) -> None:
+    lost = swarm_cluster.node(2)
+    log = tmp_path / "session.log"
+    config = make_config()
+    try:
+        async with EventStream(log_path=log) as stream:
+            rt = runtime(swarm_cluster, stream, config, placement=[f"node.id=={lost.swarm_id}"])
+            async with rt:
+                await sh(rt, "mkdir -p /workspace/proj && cd /workspace/proj")
+                await sh(rt, "echo 'print(6 * 7)' > main.py && export MODE=resumed")
+                last = await sh(rt, "python3 main.py")
+                assert last.content.strip() == "42"
+                pending = asyncio.create_task(rt.run(CmdRunAction("sleep 600", blocking=True)))
+                await asyncio.sleep(0.5)
+                await swarm_cluster.kill(2)
+                assert isinstance(await asyncio.wait_for(pending, 60), ErrorObservation)
+        # The log holds the session up to the loss; fork it at the last answered action
+        # onto the swarm: Swarm places it on a node left, the actions are run again there.
+        target = SwarmTarget(docker_host=swarm_cluster.manager, registry=swarm_cluster.registry)
+        async with fork(str(log), at_event=last.id, config=config, swarm=target) as resumed:
+            assert isinstance(resumed, SwarmRuntime)
+            assert resumed.node_id != lost.swarm_id
+            obs = await sh(resumed, "pwd; echo $MODE; python3 main.py")
+            assert obs.content.split() == ["/workspace/proj", "resumed", "42"]
+            notes = [
+                e.message
+                for e in resumed.stream.iter_events()
+                if isinstance(e, RuntimeStatusObservation)
+            ]
+            assert any("3 actions re-executed (3 matched)" in n for n in notes), notes
+    finally:
+        await swarm_cluster.start(2)
