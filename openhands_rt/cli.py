@@ -264,8 +264,14 @@ async def cmd_ps(args: argparse.Namespace) -> int:
 
     from openhands_rt.sandboxes import list_sandboxes
 
-    async with aiodocker.Docker() as docker:
-        sandboxes = await list_sandboxes(docker, labels=_labels(args.label))
+    if args.swarm:
+        from openhands_rt.swarm.sandboxes import list_swarm_sandboxes
+
+        async with aiodocker.Docker(url=args.swarm) as manager:
+            sandboxes = await list_swarm_sandboxes(manager, labels=_labels(args.label))
+    else:
+        async with aiodocker.Docker() as docker:
+            sandboxes = await list_sandboxes(docker, labels=_labels(args.label))
     table = Table("name", "session", "state", "status", "keep-alive", "owner", "image")
     for s in sandboxes:
         owner = {True: "alive", False: "gone", None: "other host"}[s.owner_alive]
@@ -279,6 +285,17 @@ async def cmd_gc(args: argparse.Namespace) -> int:
 
     from openhands_rt.sandboxes import reap_orphans
 
+    if args.swarm:
+        from openhands_rt.swarm.sandboxes import reap_swarm_orphans
+
+        async with aiodocker.Docker(url=args.swarm) as manager:
+            removed = await reap_swarm_orphans(
+                manager, include_kept=args.all, labels=_labels(args.label)
+            )
+        for name in removed:
+            console.print(f"removed {name}")
+        console.print(f"{len(removed)} orphaned swarm sandbox(es) removed")
+        return 0
     async with aiodocker.Docker() as docker:
         removed = await reap_orphans(docker, include_kept=args.all, labels=_labels(args.label))
         for name in removed:
@@ -420,8 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(handler=cmd_bootstrap)
 
     label_help = "only sandboxes with this container label (repeatable: all of them)"
+    swarm_help = "a Swarm manager's engine URL: the swarm's sandbox services instead"
     p = sub.add_parser("ps", help="list openhands-rt sandboxes")
     p.add_argument("--label", action="append", metavar="KEY=VALUE", help=label_help)
+    p.add_argument("--swarm", metavar="MANAGER_URL", help=swarm_help)
     p.set_defaults(handler=cmd_ps)
 
     p = sub.add_parser("gc", help="remove sandboxes whose owner process is gone")
@@ -438,6 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
         "session: a snapshot outlives its sandbox, so only this removes it",
     )
     p.add_argument("--label", action="append", metavar="KEY=VALUE", help=label_help)
+    p.add_argument(
+        "--swarm",
+        metavar="MANAGER_URL",
+        help="a Swarm manager's engine URL: the sandbox services (and their secrets and "
+        "run directories) whose owner on this host is gone",
+    )
     p.set_defaults(handler=cmd_gc)
 
     p = sub.add_parser("snapshots", help="list the snapshots of sandboxes")

@@ -322,6 +322,7 @@ class SwarmRuntime(EventStreamRuntime):
         body = {
             "Name": name,
             "Labels": {
+                **self.config.labels,
                 spec.LABEL_SERVICE: self.service_name,
                 LABEL_SESSION: self.session_id,
                 **owner_labels(),

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import ssl
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -335,3 +336,76 @@ async def test_a_sandbox_lost_with_its_node_is_resumed_elsewhere_from_its_log(
             assert any("3 actions re-executed (3 matched)" in n for n in notes), notes
     finally:
         await swarm_cluster.start(2)
+
+
+_ORPHAN_MAKER = """
+import asyncio, sys
+from events import EventStream
+from openhands_rt import SandboxConfig
+from openhands_rt.swarm import SwarmRuntime
+
+async def main(image, manager, registry, session, label):
+    key, _, value = label.partition("=")
+    config = SandboxConfig(runtime_container_image=image, labels={key: value})
+    async with EventStream() as stream:
+        rt = SwarmRuntime(
+            stream, config, session_id=session, docker_host=manager, registry=registry
+        )
+        await rt.connect()
+        print(rt.service_name, flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_ps_and_gc_reap_the_services_of_a_killed_owner(
+    swarm_cluster: SwarmCluster,
+    swarm_runtime_image: str,
+    swarm_labels: dict[str, str],
+) -> None:
+    [(key, value)] = swarm_labels.items()
+    owner = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _ORPHAN_MAKER,
+        swarm_runtime_image,
+        swarm_cluster.manager,
+        swarm_cluster.registry,
+        session_id(),
+        f"{key}={value}",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert owner.stdout is not None
+    name = (await asyncio.wait_for(owner.stdout.readline(), 300)).decode().strip()
+    owner.kill()
+    await owner.wait()
+    [service] = await services_named(swarm_cluster, name)
+    run_dir = service["Spec"]["Labels"][LABEL_HOST_DIR]
+    assert os.path.isdir(run_dir)
+    assert len(await secrets_of(swarm_cluster, name)) == 2
+
+    async def cli(*args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "openhands_rt.cli",
+            *args,
+            "--swarm",
+            swarm_cluster.manager,
+            "--label",
+            f"{key}={value}",
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "COLUMNS": "300"},
+        )
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0, out
+        return out.decode()
+
+    listed = [line for line in (await cli("ps")).splitlines() if name in line]
+    assert listed, "the orphan is not listed"
+    assert "gone" in listed[0]
+    assert f"removed {name}" in await cli("gc")
+    assert await services_named(swarm_cluster, name) == []
+    assert await secrets_of(swarm_cluster, name) == []
+    assert not os.path.exists(run_dir)
