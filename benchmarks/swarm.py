@@ -8,7 +8,8 @@ image on this host's engine, and prints:
   its node) and a second one's (image everywhere it is needed already);
 - ``--concurrent`` sandboxes (default 30) started at once: wall time, each
   start's p50/max, and how many landed on each node;
-- ``echo`` through a node: p50/p90 over ``--echoes`` round trips (one sandbox);
+- ``echo`` through a node: p50/p90 over ``--echoes`` round trips (one sandbox),
+  and the same through a ``DockerRuntime`` on this host for comparison;
 - a node's engine killed under a sandbox with an action pending: the time to the
   ``ErrorObservation`` and the ``RuntimeStatusObservation(error)``, then to a
   replacement's first observation on the nodes left (``connect()`` again).
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "swarm
 from cluster import RUN_LABEL, SwarmCluster, leftovers, open_swarm_cluster
 
 from events import CmdOutputObservation, CmdRunAction, ErrorObservation, EventStream
-from openhands_rt import SandboxConfig
+from openhands_rt import DockerRuntime, SandboxConfig
 from openhands_rt.docker_client import open_docker
 from openhands_rt.image import DEFAULT_BASE_IMAGE, bootstrap_base_image, build_runtime_image
 from openhands_rt.swarm.runtime import SwarmRuntime
@@ -129,6 +130,18 @@ async def _echo(cluster: SwarmCluster, config: SandboxConfig, echoes: int) -> No
         print(f"echo hi through node {node} (TLS, host-mode port): {_ms(samples)} (n={echoes})")
 
 
+async def _local_echo(config: SandboxConfig, echoes: int) -> None:
+    """The same echo through a DockerRuntime on this host, for comparison."""
+    async with EventStream() as stream, DockerRuntime(stream, config) as rt:
+        samples = []
+        for _ in range(echoes):
+            t0 = time.perf_counter()
+            obs = await rt.run(CmdRunAction("echo hi"))
+            samples.append(time.perf_counter() - t0)
+            assert isinstance(obs, CmdOutputObservation), obs
+        print(f"echo hi through DockerRuntime on this host (same image): {_ms(samples)}")
+
+
 async def _lost_node(cluster: SwarmCluster, config: SandboxConfig) -> None:
     lost = cluster.node(3)
     async with EventStream() as stream:
@@ -178,8 +191,10 @@ async def main(concurrent: int, echoes: int) -> None:
             first = await _started(cluster, config)
             print(f"first start (image copied, pushed, pulled): {first:.1f} s")
             print(f"second start: {await _started(cluster, config):.1f} s")
-            await _concurrent(cluster, config, concurrent)
+            # Echo first: the concurrent starts' removals keep the nodes busy for a while.
             await _echo(cluster, config, echoes)
+            await _local_echo(config, echoes)
+            await _concurrent(cluster, config, concurrent)
             await _lost_node(cluster, config)
         left = await leftovers(run_id, f"{RUN_LABEL}={run_id}", **made)
         if left:
