@@ -67,7 +67,8 @@ from openhands_rt.replay.recording import RecordedStep, fresh_copy
 from openhands_rt.replay.verify import Divergence, Mismatch, compare_observations
 from openhands_rt.replay.workspace import map_action_paths
 from openhands_rt.runtime import EventStreamRuntime
-from openhands_rt.swarm.runtime import SwarmRuntime, SwarmTarget
+from openhands_rt.swarm.runtime import SwarmRuntime
+from openhands_rt.swarm.target import SwarmTarget
 
 if TYPE_CHECKING:
     from openhands_rt.docker_runtime import DockerRuntime
@@ -279,9 +280,13 @@ async def _open_fork_stream(log_path: str | os.PathLike[str] | None) -> EventStr
 
 async def _usable_snapshots(config: SandboxConfig, *, local: bool | SwarmTarget) -> frozenset[str]:
     """The snapshot ids a sandbox of ``config`` can start from on this engine."""
-    if local is not False:
-        # A local sandbox has no image to start from; snapshots are not built for Swarm.
-        return frozenset()
+    if isinstance(local, SwarmTarget):
+        from openhands_rt.swarm.snapshot import list_swarm_snapshots
+
+        # This host's swarm snapshots pushed to the target's registry.
+        return frozenset(r.snapshot_id for r in await list_swarm_snapshots(registry=local.registry))
+    if local:
+        return frozenset()  # a local sandbox has no image to start from
     from openhands_rt.snapshots import list_snapshots
 
     return frozenset(s.snapshot_id for s in await list_snapshots())
@@ -296,7 +301,7 @@ def _make_runtime(
     local: bool | SwarmTarget,
 ) -> EventStreamRuntime:
     if isinstance(local, SwarmTarget):
-        return local.runtime(stream, config, session_id=session_id)
+        return local.runtime(stream, config, session_id=session_id, snapshot=snapshot_id)
     if local:
         from openhands_rt.local import LocalRuntime
 

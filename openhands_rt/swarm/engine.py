@@ -23,16 +23,19 @@ from openhands_rt.docker.engine import EngineError, NotFound, translated
 from openhands_rt.docker_client import split_image_ref
 
 __all__ = [
+    "NO_AUTH",
+    "create_secret",
     "distribute_image",
     "engine_events",
     "engine_request",
     "read_json_stream",
+    "remove_service",
 ]
 
 _NO_TIMEOUT = aiohttp.ClientTimeout()
 _CHUNK = 1 << 20
 #: A registry without auth still wants the header on push: base64 of ``{}``.
-_NO_AUTH = base64.b64encode(b"{}").decode()
+NO_AUTH = base64.b64encode(b"{}").decode()
 # (manager id, registry, image id) -> the digest reference pushed; one push at a time each.
 _pushed: dict[tuple[str, str, str], str] = {}
 _push_locks: dict[tuple[str, str, str], anyio.Lock] = {}
@@ -80,6 +83,31 @@ async def read_json_stream(response: aiohttp.ClientResponse) -> list[dict[str, A
             raise EngineError(str(detail.get("message") or item.get("error")))
         items.append(item)
     return items
+
+
+async def create_secret(
+    manager: aiodocker.Docker, name: str, data: bytes, labels: Mapping[str, str]
+) -> str:
+    """Make the secret ``name`` holding ``data``; its id. Shielded: a create cancelled in
+    flight may be carried out anyway, and its id must reach the caller's clean-up."""
+    body = {"Name": name, "Labels": dict(labels), "Data": base64.b64encode(data).decode()}
+    with anyio.CancelScope(shield=True), translated():
+        made = await manager._query_json("secrets/create", "POST", data=json.dumps(body))
+    return str(made["ID"])
+
+
+async def remove_service(
+    manager: aiodocker.Docker, service_id: str | None, secret_ids: Sequence[str]
+) -> None:
+    """Remove a service, then its secrets (refused only while a service refers to
+    them: after it, always accepted); what is gone already is no error."""
+    paths = [f"services/{service_id}"] if service_id is not None else []
+    for path in [*paths, *(f"secrets/{secret_id}" for secret_id in secret_ids)]:
+        try:
+            with translated():
+                await manager._query_json(path, "DELETE")
+        except NotFound:
+            pass
 
 
 async def _copy_image(source: aiodocker.Docker, target: aiodocker.Docker, image: str) -> None:
@@ -163,7 +191,7 @@ async def distribute_image(
             f"images/{target}/push",
             "POST",
             params={"tag": tag},
-            headers={"X-Registry-Auth": _NO_AUTH},
+            headers={"X-Registry-Auth": NO_AUTH},
         ) as response:
             items = await read_json_stream(response)
         digests = [i["aux"]["Digest"] for i in items if "Digest" in (i.get("aux") or {})]

@@ -30,19 +30,17 @@ differs is where the sandbox runs and how the host reaches it
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import aiodocker
 import anyio
 
-from events import EventStream, RuntimeStatus
+from events import EventStream, RuntimeStatus, SnapshotObservation
 from events.wire import CHANNEL_PATH, READY_LINE_PREFIX
 from openhands_rt.channel import ChannelClient
 from openhands_rt.config import SandboxConfig
@@ -54,7 +52,12 @@ from openhands_rt.docker.engine import (
     NotFound,
     translated,
 )
-from openhands_rt.errors import SandboxError, SandboxStartError, SessionInUseError
+from openhands_rt.errors import (
+    SandboxClosedError,
+    SandboxError,
+    SandboxStartError,
+    SessionInUseError,
+)
 from openhands_rt.leases import LeaseHolder
 from openhands_rt.plugins import check_plugins
 from openhands_rt.runtime import EventStreamRuntime, SandboxEndpoint
@@ -63,72 +66,32 @@ from openhands_rt.supervisor import Supervisor, describe_error
 from openhands_rt.swarm import engine as swarm_engine
 from openhands_rt.swarm import spec
 from openhands_rt.swarm.sandboxes import LABEL_HOST_DIR, reap_swarm_orphans
+from openhands_rt.swarm.snapshot import (
+    ENGINE_NODE_LABEL,
+    SwarmSnapshot,
+    read_swarm_snapshot,
+    shell_secret,
+)
+from openhands_rt.swarm.snapshot import take as take_snapshot
 from openhands_rt.swarm.tasks import (
     TERMINAL_STATES,
+    ContainerNotStarted,
     find_task,
+    never_started,
     node_address,
     published_port,
     task_reason,
 )
 
-__all__ = ["LABEL_HOST_DIR", "SwarmRuntime", "SwarmTarget"]
+__all__ = ["LABEL_HOST_DIR", "SwarmRuntime"]
 
 logger = logging.getLogger(__name__)
 
 _CERT_FILE = "server.pem"
 # Re-reading a task while waiting for a state Swarm sends no event for: seconds.
 _FIRST_LOOK, _LONGEST_LOOK = 0.05, 1.0
-# Starts whose container the node's engine could not start, in all (_ContainerNotStarted).
+# Starts whose container the node's engine could not start, in all (ContainerNotStarted).
 _START_ATTEMPTS = 3
-
-
-@dataclass(frozen=True)
-class SwarmTarget:
-    """Where :class:`SwarmRuntime` sandboxes go: a manager, the registry, constraints.
-
-    For what makes runtimes itself (``fork(..., swarm=SwarmTarget(...))``).
-    """
-
-    docker_host: str | None = None
-    registry: str | None = None
-    placement: tuple[str, ...] = ()
-
-    def runtime(
-        self,
-        stream: EventStream,
-        config: SandboxConfig | None = None,
-        *,
-        session_id: str | None = None,
-        client_id: str | None = None,
-    ) -> SwarmRuntime:
-        return SwarmRuntime(
-            stream,
-            config,
-            session_id=session_id,
-            client_id=client_id,
-            docker_host=self.docker_host,
-            registry=self.registry,
-            placement=self.placement,
-        )
-
-
-class _ContainerNotStarted(SandboxStartError):
-    """The node's engine failed to start the task's container (nothing of ours ran).
-
-    Seen on these engines under load: "unable to remount dir as readonly: mount
-    tmpfs …/mounts/secrets … device or resource busy" (exit code 128). A new
-    service is placed afresh and usually starts: the start is tried again.
-    """
-
-
-def _never_started(task: Mapping[str, Any]) -> bool:
-    """Whether ``task`` failed before its container ran (rejected, or exit code 128
-    — the engine's own failure to start it)."""
-    status = task.get("Status") or {}
-    code = (status.get("ContainerStatus") or {}).get("ExitCode")
-    return status.get("State") == "rejected" or (
-        status.get("State") == "failed" and code in (None, 128)
-    )
 
 
 class SwarmRuntime(EventStreamRuntime):
@@ -154,6 +117,7 @@ class SwarmRuntime(EventStreamRuntime):
         registry: str | None = None,
         placement: Sequence[str] = (),
         docker: aiodocker.Docker | None = None,
+        snapshot: str | None = None,
     ) -> None:
         super().__init__(stream, config, session_id=session_id, client_id=client_id)
         self.docker_host = docker_host
@@ -178,6 +142,11 @@ class SwarmRuntime(EventStreamRuntime):
         self._tasks = Supervisor(f"swarm-{self.session_id}", on_failure=self._task_died)
         self._stopping = False
         self._checking_task = False
+        #: The swarm snapshot this sandbox starts from (None: the config's image).
+        self.from_snapshot = snapshot
+        self._restore: SwarmSnapshot | None = None
+        self._restored = False
+        self._snapshot_lock = anyio.Lock()
 
     # ------------------------------------------------------------------ engines
 
@@ -219,7 +188,12 @@ class SwarmRuntime(EventStreamRuntime):
                 endpoint = await self._attach(existing)
                 if endpoint is not None:
                     return endpoint
-            self.image = await self._resolve_image(manager)
+            if self.from_snapshot is not None and not self._restored:
+                self._restore = await read_swarm_snapshot(self.from_snapshot)
+                self.image = self._restore.image  # in the registry, by digest
+            else:
+                self._restore = None
+                self.image = await self._resolve_image(manager)
             return await self._create(self.image)
         except EngineUnreachable as exc:
             raise SandboxError(f"cannot reach the Swarm manager: {exc.message}") from exc
@@ -247,11 +221,11 @@ class SwarmRuntime(EventStreamRuntime):
 
     async def _create(self, image: str) -> SandboxEndpoint:
         """:meth:`_create_once`, again when the node's engine could not start the
-        container at all (see :class:`_ContainerNotStarted`)."""
+        container at all (see :class:`ContainerNotStarted`)."""
         for attempt in range(1, _START_ATTEMPTS + 1):
             try:
                 return await self._create_once(image)
-            except _ContainerNotStarted as exc:
+            except ContainerNotStarted as exc:
                 if attempt == _START_ATTEMPTS:
                     raise
                 logger.warning("%s; trying again (attempt %d)", exc, attempt + 1)
@@ -272,9 +246,13 @@ class SwarmRuntime(EventStreamRuntime):
             await anyio.Path(self._run_dir, _CERT_FILE).write_text(identity.cert_pem)
             self._leases.hold(self._run_dir)
             token = secrets.token_hex(6)
+            contents = {"key": api_key.encode(), "tls": identity.bundle_pem}
+            shell = shell_secret(self._restore) if self._restore is not None else None
+            if shell is not None:
+                contents["shell"] = shell  # the server starts its shell in that state
             made = {
                 kind: await self._make_secret(manager, spec.secret_name(token, kind), data)
-                for kind, data in (("key", api_key.encode()), ("tls", identity.bundle_pem))
+                for kind, data in contents.items()
             }
             labels = {
                 **self.config.labels,
@@ -309,6 +287,7 @@ class SwarmRuntime(EventStreamRuntime):
             self.service_id = str(created["ID"])
             task = await self._until_listening()
             endpoint = await self._endpoint_from(task, api_key, identity.cert_pem)
+            self._restored = self._restore is not None
         except BaseException as exc:
             logger.warning("starting %s failed (%s): removing it", name, type(exc).__name__)
             await self._discard()
@@ -319,20 +298,15 @@ class SwarmRuntime(EventStreamRuntime):
     async def _make_secret(
         self, manager: aiodocker.Docker, name: str, data: bytes
     ) -> tuple[str, str]:
-        body = {
-            "Name": name,
-            "Labels": {
-                **self.config.labels,
-                spec.LABEL_SERVICE: self.service_name,
-                LABEL_SESSION: self.session_id,
-                **owner_labels(),
-            },
-            "Data": base64.b64encode(data).decode(),
+        labels = {
+            **self.config.labels,
+            spec.LABEL_SERVICE: self.service_name,
+            LABEL_SESSION: self.session_id,
+            **owner_labels(),
         }
-        with anyio.CancelScope(shield=True), translated():
-            made = await manager._query_json("secrets/create", "POST", data=json.dumps(body))
-        self._secret_ids.append(str(made["ID"]))
-        return str(made["ID"]), name
+        secret_id = await swarm_engine.create_secret(manager, name, data, labels)
+        self._secret_ids.append(secret_id)
+        return secret_id, name
 
     async def _task(self) -> dict[str, Any] | None:
         with translated():
@@ -363,8 +337,8 @@ class SwarmRuntime(EventStreamRuntime):
                         if state in TERMINAL_STATES:
                             assert last is not None
                             kind = (
-                                _ContainerNotStarted
-                                if not heard.is_set() and _never_started(last)
+                                ContainerNotStarted
+                                if not heard.is_set() and never_started(last)
                                 else SandboxStartError
                             )
                             raise kind(f"sandbox {name} failed to start: {task_reason(last)}")
@@ -419,6 +393,43 @@ class SwarmRuntime(EventStreamRuntime):
             server_name=spec.server_name(self.service_name),
         )
         return self.endpoint
+
+    # ------------------------------------------------------------------ snapshots
+
+    async def snapshot(self) -> SnapshotObservation:
+        """Record the sandbox's file system and shell state as a snapshot in the registry.
+
+        As :meth:`DockerRuntime.snapshot <openhands_rt.docker_runtime.DockerRuntime.snapshot>`
+        (waits for every answer, reads the shell's state, pauses only for the commit),
+        on the sandbox's node: the node must carry the label
+        ``org.openhands-rt.engine`` (its engine's URL), and the runtime a registry,
+        where the image is pushed (:mod:`openhands_rt.swarm.snapshot`).
+        ``SwarmRuntime(..., snapshot=ID)`` starts a sandbox from it on any node.
+        """
+        async with self._snapshot_lock:
+            channel, container_id = self._channel, self.container_id
+            if self._closed or channel is None or container_id is None:
+                raise SandboxClosedError("the runtime is not connected")
+            if self.registry is None:
+                raise SandboxError("a swarm snapshot goes to the registry: give a registry")
+            with translated():
+                node = await self._manager_client()._query_json(f"nodes/{self.node_id}")
+            url = ((node.get("Spec") or {}).get("Labels") or {}).get(ENGINE_NODE_LABEL)
+            if not url:
+                raise SandboxError(
+                    f"node {self.node_address} has no {ENGINE_NODE_LABEL} label naming its "
+                    "engine's URL: a snapshot needs that engine (pause, commit, push)"
+                )
+            async with aiodocker.Docker(url=url) as engine:
+                return await take_snapshot(
+                    engine,
+                    container_id,
+                    stream=self.stream,
+                    channel=channel,
+                    session_id=self.session_id,
+                    registry=self.registry,
+                    facts={"image": self.image, "from_snapshot": self.from_snapshot},
+                )
 
     # ------------------------------------------------------------------ attach
 
@@ -539,23 +550,10 @@ class SwarmRuntime(EventStreamRuntime):
             await anyio.to_thread.run_sync(rundir.remove_dirs, run_dir)
 
     async def _remove_service(self) -> None:
-        manager = self._manager_client()
         service_id, self.service_id = self.service_id, None
         secret_ids, self._secret_ids = self._secret_ids, []
         try:
-            if service_id is not None:
-                try:
-                    with translated():
-                        await manager._query_json(f"services/{service_id}", "DELETE")
-                except NotFound:
-                    pass
-            # Refused only while a service refers to them: after it, always accepted.
-            for secret_id in secret_ids:
-                try:
-                    with translated():
-                        await manager._query_json(f"secrets/{secret_id}", "DELETE")
-                except NotFound:
-                    pass
+            await swarm_engine.remove_service(self._manager_client(), service_id, secret_ids)
         except (EngineError, OSError) as exc:
             logger.warning("could not remove %s: %s", self.service_name, exc)
 

@@ -8,10 +8,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from openhands_rt.errors import SandboxStartError
+
 __all__ = [
     "ADDRESS_NODE_LABEL",
     "TERMINAL_STATES",
+    "ContainerNotStarted",
     "find_task",
+    "never_started",
     "node_address",
     "published_port",
     "task_reason",
@@ -75,3 +79,22 @@ def task_reason(task: Mapping[str, Any]) -> str:
     if code not in (None, 0) or status.get("State") in ("failed", "complete"):
         parts.append(f"exit code {code}")
     return ", ".join(parts)
+
+
+class ContainerNotStarted(SandboxStartError):
+    """The node's engine failed to start the task's container (nothing of ours ran).
+
+    Seen on these engines under load: "unable to remount dir as readonly: mount
+    tmpfs …/mounts/secrets … device or resource busy" (exit code 128). A new
+    service is placed afresh and usually starts: the start is tried again.
+    """
+
+
+def never_started(task: Mapping[str, Any]) -> bool:
+    """Whether ``task`` failed before its container ran (rejected, or exit code 128
+    — the engine's own failure to start it)."""
+    status = task.get("Status") or {}
+    code = (status.get("ContainerStatus") or {}).get("ExitCode")
+    return status.get("State") == "rejected" or (
+        status.get("State") == "failed" and code in (None, 128)
+    )

@@ -36,7 +36,8 @@ from events import (
 from openhands_rt import SandboxConfig
 from openhands_rt.errors import SandboxError, SessionInUseError
 from openhands_rt.forking import fork
-from openhands_rt.swarm.runtime import LABEL_HOST_DIR, SwarmRuntime, SwarmTarget
+from openhands_rt.swarm import SwarmRuntime, SwarmTarget, remove_swarm_snapshot
+from openhands_rt.swarm.runtime import LABEL_HOST_DIR
 
 pytestmark = [
     pytest.mark.docker,
@@ -409,3 +410,48 @@ async def test_ps_and_gc_reap_the_services_of_a_killed_owner(
     assert await services_named(swarm_cluster, name) == []
     assert await secrets_of(swarm_cluster, name) == []
     assert not os.path.exists(run_dir)
+
+
+async def test_a_lost_sandbox_is_resumed_elsewhere_from_its_snapshot_and_log(
+    swarm_cluster: SwarmCluster, make_config: Callable[..., SandboxConfig], tmp_path: Any
+) -> None:
+    lost = swarm_cluster.node(3)
+    log = tmp_path / "session.log"
+    config = make_config()
+    snapshot_id = None
+    try:
+        async with EventStream(log_path=log) as stream:
+            rt = runtime(swarm_cluster, stream, config, placement=[f"node.id=={lost.swarm_id}"])
+            async with rt:
+                await sh(rt, "mkdir -p /workspace/p && cd /workspace/p && echo one > a.txt")
+                await sh(rt, "export STAGE=snapshotted; echo x >> /tmp/t")
+                snap = await rt.snapshot()
+                snapshot_id = snap.snapshot_id
+                await sh(rt, "echo two > b.txt && export AFTER=yes")
+                last = await sh(rt, "cat a.txt b.txt")
+                assert last.content.split() == ["one", "two"]
+                await swarm_cluster.kill(3)
+                await asyncio.wait_for(
+                    rt.run(CmdRunAction("sleep 600", blocking=True)), 60
+                )  # answered with an error once the node is reported down
+        target = SwarmTarget(docker_host=swarm_cluster.manager, registry=swarm_cluster.registry)
+        async with fork(str(log), at_event=last.id, config=config, swarm=target) as resumed:
+            assert isinstance(resumed, SwarmRuntime)
+            assert resumed.node_id != lost.swarm_id
+            assert resumed.from_snapshot == snapshot_id
+            obs = await sh(resumed, "pwd; echo $STAGE $AFTER; cat a.txt b.txt /tmp/t")
+            assert obs.content.split() == ["/workspace/p", "snapshotted", "yes", "one", "two", "x"]
+            notes = [
+                e.message
+                for e in resumed.stream.iter_events()
+                if isinstance(e, RuntimeStatusObservation)
+            ]
+            # Only what followed the snapshot ran again.
+            assert any(
+                f"from snapshot {snapshot_id}, 2 actions re-executed (2 matched)" in n
+                for n in notes
+            ), notes
+    finally:
+        if snapshot_id is not None:
+            await remove_swarm_snapshot(snapshot_id)
+        await swarm_cluster.start(3)
