@@ -16,7 +16,7 @@ from openhands_rt.plugins import ALL_PLUGINS, JupyterRequirement, Plugin, Plugin
 from openhands_rt.pool import SandboxPool
 from openhands_rt.runtime import EventStreamRuntime
 from openhands_rt.snapshots import SnapshotInfo, list_snapshots, remove_snapshot
-from openhands_rt.swarm import SwarmRuntime
+from openhands_rt.swarm import SwarmRuntime, SwarmTarget
 
 __all__ = [
     "ALL_PLUGINS",
@@ -36,6 +36,7 @@ __all__ = [
     "SessionInUseError",
     "SnapshotInfo",
     "SwarmRuntime",
+    "SwarmTarget",
     "fork",
     "list_snapshots",
     "remove_snapshot",
