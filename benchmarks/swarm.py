@@ -62,6 +62,7 @@ def _runtime(cluster: SwarmCluster, stream: EventStream, config: SandboxConfig) 
         session_id="bench-" + uuid.uuid4().hex[:8],
         docker_host=cluster.manager,
         registry=cluster.registry,
+        registry_auth=cluster.registry_auth,
     )
 
 

@@ -10,12 +10,14 @@
 - :mod:`~openhands_rt.swarm.tls`: the per-sandbox server identity (the ``swarm`` extra).
 """
 
+from openhands_rt.swarm.engine import RegistryAuth
 from openhands_rt.swarm.runtime import SwarmRuntime
 from openhands_rt.swarm.sandboxes import list_swarm_sandboxes, reap_swarm_orphans
 from openhands_rt.swarm.snapshot import list_swarm_snapshots, remove_swarm_snapshot
 from openhands_rt.swarm.target import SwarmTarget
 
 __all__ = [
+    "RegistryAuth",
     "SwarmRuntime",
     "SwarmTarget",
     "list_swarm_sandboxes",

@@ -13,6 +13,7 @@ import base64
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiodocker
@@ -24,6 +25,8 @@ from openhands_rt.docker_client import split_image_ref
 
 __all__ = [
     "NO_AUTH",
+    "RegistryAuth",
+    "auth_header",
     "create_secret",
     "distribute_image",
     "engine_events",
@@ -38,6 +41,29 @@ _CHUNK = 1 << 20
 NO_AUTH = base64.b64encode(b"{}").decode()
 # (manager id, registry, image id) -> the digest reference pushed; one push at a time each.
 _pushed: dict[tuple[str, str, str], str] = {}
+
+
+@dataclass(frozen=True)
+class RegistryAuth:
+    """Credentials for the registry (basic auth): used to push from the manager or a
+    node, and handed to Swarm with each service so that its node can pull.
+
+    A registry the sandboxes can reach must not serve pulls without them: a
+    snapshot's image holds its sandbox's workspace.
+    """
+
+    username: str
+    password: str = field(repr=False)
+
+
+def auth_header(auth: RegistryAuth | None, registry: str) -> str:
+    """The ``X-Registry-Auth`` header's value (base64url of the credentials' JSON)."""
+    if auth is None:
+        return NO_AUTH
+    body = {"username": auth.username, "password": auth.password, "serveraddress": registry}
+    return base64.urlsafe_b64encode(json.dumps(body).encode()).decode()
+
+
 _push_locks: dict[tuple[str, str, str], anyio.Lock] = {}
 
 
@@ -140,10 +166,12 @@ async def _has_image(docker: aiodocker.Docker, ref: str) -> dict[str, Any] | Non
         return None
 
 
-async def _registry_has(manager: aiodocker.Docker, ref: str) -> bool:
+async def _registry_has(manager: aiodocker.Docker, ref: str, auth: str) -> bool:
     """Whether the registry holds ``ref`` (asked through the manager's engine)."""
     try:
-        async with engine_request(manager, f"distribution/{ref}/json") as response:
+        async with engine_request(
+            manager, f"distribution/{ref}/json", headers={"X-Registry-Auth": auth}
+        ) as response:
             await response.read()
     except EngineError:
         return False
@@ -151,7 +179,11 @@ async def _registry_has(manager: aiodocker.Docker, ref: str) -> bool:
 
 
 async def distribute_image(
-    local: aiodocker.Docker, manager: aiodocker.Docker, image: str, registry: str | None
+    local: aiodocker.Docker,
+    manager: aiodocker.Docker,
+    image: str,
+    registry: str | None,
+    auth: RegistryAuth | None = None,
 ) -> str:
     """The reference a service uses for ``image`` (on the ``local`` engine).
 
@@ -173,7 +205,8 @@ async def distribute_image(
     lock = _push_locks.setdefault(key, anyio.Lock())
     async with lock:
         done = _pushed.get(key)
-        if done is not None and await _registry_has(manager, done):
+        header = auth_header(auth, registry)
+        if done is not None and await _registry_has(manager, done, header):
             return done
         if await _has_image(manager, image_id) is None:
             if manager_id == await _engine_id(local):
@@ -191,7 +224,7 @@ async def distribute_image(
             f"images/{target}/push",
             "POST",
             params={"tag": tag},
-            headers={"X-Registry-Auth": NO_AUTH},
+            headers={"X-Registry-Auth": header},
         ) as response:
             items = await read_json_stream(response)
         digests = [i["aux"]["Digest"] for i in items if "Digest" in (i.get("aux") or {})]

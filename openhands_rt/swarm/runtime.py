@@ -65,6 +65,7 @@ from openhands_rt.sandboxes import LABEL_KEEP_ALIVE, LABEL_SESSION, owner_labels
 from openhands_rt.supervisor import Supervisor, describe_error
 from openhands_rt.swarm import engine as swarm_engine
 from openhands_rt.swarm import spec
+from openhands_rt.swarm.engine import RegistryAuth
 from openhands_rt.swarm.sandboxes import LABEL_HOST_DIR, reap_swarm_orphans
 from openhands_rt.swarm.snapshot import (
     ENGINE_NODE_LABEL,
@@ -99,7 +100,8 @@ class SwarmRuntime(EventStreamRuntime):
 
     ``docker_host``: a manager's engine URL (None: ``DOCKER_HOST`` or the local
     socket); ``registry``: ``HOST:PORT`` of the registry the nodes pull from
-    (None: the image is on every node); ``placement``: Swarm placement
+    (None: the image is on every node); ``registry_auth``: its credentials, for the
+    pushes and handed to Swarm for the nodes' pulls; ``placement``: Swarm placement
     constraints, e.g. ``["node.labels.pool==eval"]``; ``docker``: this host's
     engine, where the runtime image is built.
     """
@@ -118,10 +120,12 @@ class SwarmRuntime(EventStreamRuntime):
         placement: Sequence[str] = (),
         docker: aiodocker.Docker | None = None,
         snapshot: str | None = None,
+        registry_auth: RegistryAuth | None = None,
     ) -> None:
         super().__init__(stream, config, session_id=session_id, client_id=client_id)
         self.docker_host = docker_host
         self.registry = registry
+        self.registry_auth = registry_auth
         self.placement = list(placement)
         self._local = docker
         self._owns_local = docker is None
@@ -217,7 +221,14 @@ class SwarmRuntime(EventStreamRuntime):
         image = await lifecycle.resolve_image(local, self.config, report=report)
         if self.registry is not None:
             report(f"pushing {image} to {self.registry}")
-        return await swarm_engine.distribute_image(local, manager, image, self.registry)
+        return await swarm_engine.distribute_image(
+            local, manager, image, self.registry, self.registry_auth
+        )
+
+    def _registry_header(self) -> dict[str, str]:
+        if self.registry is None or self.registry_auth is None:
+            return {}
+        return {"X-Registry-Auth": swarm_engine.auth_header(self.registry_auth, self.registry)}
 
     async def _create(self, image: str) -> SandboxEndpoint:
         """:meth:`_create_once`, again when the node's engine could not start the
@@ -275,7 +286,11 @@ class SwarmRuntime(EventStreamRuntime):
                 # Shielded: a create cancelled in flight may still be carried out.
                 with anyio.CancelScope(shield=True), translated():
                     created = await manager._query_json(
-                        "services/create", "POST", data=json.dumps(body)
+                        "services/create",
+                        "POST",
+                        data=json.dumps(body),
+                        # Kept by Swarm with the task: the node pulls with it.
+                        headers=self._registry_header(),
                     )
             except Conflict as exc:
                 raise SessionInUseError(
@@ -428,6 +443,7 @@ class SwarmRuntime(EventStreamRuntime):
                     channel=channel,
                     session_id=self.session_id,
                     registry=self.registry,
+                    auth=self.registry_auth,
                     facts={"image": self.image, "from_snapshot": self.from_snapshot},
                 )
 

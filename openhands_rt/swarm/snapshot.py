@@ -155,6 +155,7 @@ async def take(
     channel: ChannelClient,
     session_id: str,
     registry: str,
+    auth: swarm_engine.RegistryAuth | None = None,
     facts: Mapping[str, Any],
 ) -> SnapshotObservation:
     """Snapshot the sandbox whose container is ``container_id`` on the engine ``node``
@@ -189,7 +190,7 @@ async def take(
             f"images/{repository}/push",
             "POST",
             params={"tag": snapshot_id},
-            headers={"X-Registry-Auth": swarm_engine.NO_AUTH},
+            headers={"X-Registry-Auth": swarm_engine.auth_header(auth, registry)},
         ) as response:
             items = await swarm_engine.read_json_stream(response)
     except EngineError as exc:

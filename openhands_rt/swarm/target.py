@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from events import EventStream
 from openhands_rt.config import SandboxConfig
+from openhands_rt.swarm.engine import RegistryAuth
 from openhands_rt.swarm.runtime import SwarmRuntime
 
 __all__ = ["SwarmTarget"]
@@ -19,6 +20,7 @@ class SwarmTarget:
     docker_host: str | None = None
     registry: str | None = None
     placement: tuple[str, ...] = ()
+    registry_auth: RegistryAuth | None = None
 
     def runtime(
         self,
@@ -38,4 +40,5 @@ class SwarmTarget:
             registry=self.registry,
             placement=self.placement,
             snapshot=snapshot,
+            registry_auth=self.registry_auth,
         )

@@ -27,7 +27,6 @@ of a session that could not unwind).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
@@ -52,6 +51,7 @@ from registry_process import RegistryProcess, start_registry
 
 from openhands_rt.docker.lifecycle import demultiplex_lines
 from openhands_rt.docker_client import open_docker
+from openhands_rt.swarm.engine import RegistryAuth, auth_header
 
 __all__ = [
     "NAME_PREFIX",
@@ -71,8 +71,6 @@ logger = logging.getLogger(__name__)
 RUN_LABEL = "org.openhands-rt.test-run"
 #: Every container, network and volume of a cluster is named ``NAME_PREFIX + run id + ...``.
 NAME_PREFIX = "ohrt-test-swarm-"
-#: A registry that needs no auth still wants the header on push: base64 of ``{}``.
-_NO_AUTH = base64.b64encode(b"{}").decode()
 _NO_TIMEOUT = aiohttp.ClientTimeout()
 _CHUNK = 1 << 20
 
@@ -140,6 +138,8 @@ class SwarmCluster:
     gateway: str
     registry: str
     registry_pid: int
+    #: The registry's credentials (it refuses every request without them).
+    registry_auth: RegistryAuth
     tmp: Path
     nodes: list[SwarmNode] = field(default_factory=list)
     #: Seconds: node image build (0 when it existed), network, registry, nodes, swarm, images.
@@ -201,7 +201,7 @@ class SwarmCluster:
                 f"images/{ref}/push",
                 "POST",
                 params={"tag": tag},
-                headers={"X-Registry-Auth": _NO_AUTH},
+                headers={"X-Registry-Auth": auth_header(self.registry_auth, self.registry)},
             )
         return f"{ref}:{tag}"
 
@@ -210,7 +210,11 @@ class SwarmCluster:
         repository, _, tag = ref.rpartition(":")
         async with self.engine(index) as engine:
             await _stream_or_raise(
-                engine, "images/create", "POST", params={"fromImage": repository, "tag": tag}
+                engine,
+                "images/create",
+                "POST",
+                params={"fromImage": repository, "tag": tag},
+                headers={"X-Registry-Auth": auth_header(self.registry_auth, self.registry)},
             )
             return dict(await engine.images.inspect(ref))
 
@@ -460,6 +464,7 @@ async def open_swarm_cluster(
                 gateway=gateway,
                 registry=registry.address,
                 registry_pid=registry.pid,
+                registry_auth=RegistryAuth(*registry.credentials),
                 tmp=tmp,
                 timings=timings,
             )

@@ -13,10 +13,12 @@ error, which a reader task drains for as long as it runs), then ``GET /v2/``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -27,7 +29,13 @@ from pathlib import Path
 import aiohttp
 import anyio
 
-__all__ = ["REGISTRY_BINARY", "RegistryProcess", "registry_missing", "start_registry"]
+__all__ = [
+    "REGISTRY_BINARY",
+    "RegistryProcess",
+    "basic_auth",
+    "registry_missing",
+    "start_registry",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +49,8 @@ class RegistryProcess:
 
     address: str
     root: Path
+    #: The basic-auth credentials every request needs (username, password).
+    credentials: tuple[str, str]
     process: asyncio.subprocess.Process
     reader: asyncio.Task[None]
     log: deque[str] = field(default_factory=lambda: deque(maxlen=50))
@@ -89,16 +99,40 @@ async def _drain(stream: asyncio.StreamReader, log: deque[str], listening: async
     listening.set()  # EOF: the waiter looks at the return code
 
 
+def basic_auth(username: str, password: str) -> dict[str, str]:
+    """The ``Authorization`` header of HTTP basic auth."""
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def _htpasswd(path: Path, username: str, password: str) -> None:
+    """An htpasswd file with one bcrypt entry (the only kind the registry takes)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # glibc's libxcrypt makes bcrypt; Python 3.11 and 3.12 have it
+
+    hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
+    path.write_text(f"{username}:{hashed}\n")
+    path.chmod(0o600)
+
+
 async def _start_once(host: str, root: Path) -> RegistryProcess | None:
     port = _free_port(host)
     storage = root / "storage"
     storage.mkdir(parents=True, exist_ok=True)
+    # Every request needs these: the sandboxes can reach the registry (it is on their
+    # nodes' network), and a snapshot's image holds its sandbox's workspace.
+    credentials = ("openhands-rt", secrets.token_urlsafe(18))
+    _htpasswd(root / "htpasswd", *credentials)
     # JSON is YAML: no YAML writer needed.
     config = {
         "version": "0.1",
         "log": {"level": "info", "accesslog": {"disabled": True}},
         "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}},
         "http": {"addr": f"{host}:{port}"},
+        "auth": {"htpasswd": {"realm": "openhands-rt-test", "path": str(root / "htpasswd")}},
     }
     config_path = root / "config.yml"
     config_path.write_text(json.dumps(config, indent=1))
@@ -118,7 +152,7 @@ async def _start_once(host: str, root: Path) -> RegistryProcess | None:
     log: deque[str] = deque(maxlen=50)
     listening = asyncio.Event()
     reader = asyncio.create_task(_drain(process.stderr, log, listening))
-    registry = RegistryProcess(f"{host}:{port}", root, process, reader, log)
+    registry = RegistryProcess(f"{host}:{port}", root, credentials, process, reader, log)
     try:
         with anyio.fail_after(30):
             await listening.wait()
@@ -127,12 +161,14 @@ async def _start_once(host: str, root: Path) -> RegistryProcess | None:
             if any("address already in use" in line for line in log):
                 return None
             raise RuntimeError("docker-registry exited at start:\n" + "\n".join(log))
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"http://{registry.address}/v2/") as response,
-        ):
-            if response.status != 200:
-                raise RuntimeError(f"GET /v2/ on the test registry answered {response.status}")
+        async with aiohttp.ClientSession() as session:
+            url = f"http://{registry.address}/v2/"
+            async with session.get(url) as response:
+                if response.status != 401:
+                    raise RuntimeError(f"GET /v2/ without credentials answered {response.status}")
+            async with session.get(url, headers=basic_auth(*credentials)) as response:
+                if response.status != 200:
+                    raise RuntimeError(f"GET /v2/ with credentials answered {response.status}")
     except BaseException:
         with anyio.CancelScope(shield=True):
             await registry.stop()

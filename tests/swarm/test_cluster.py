@@ -31,6 +31,9 @@ from cluster import (
     leftovers,
     open_swarm_cluster,
 )
+from registry_process import basic_auth
+
+from openhands_rt.swarm.engine import auth_header
 
 pytestmark = [
     pytest.mark.docker,
@@ -51,6 +54,10 @@ async def registry_base_image(swarm_cluster: SwarmCluster, swarm_base_image: str
     return await swarm_cluster.push(swarm_base_image, BASE_REPOSITORY, "bookworm")
 
 
+def pull_auth(cluster: SwarmCluster) -> str:
+    return auth_header(cluster.registry_auth, cluster.registry)
+
+
 async def tasks_of(manager: aiodocker.Docker, service_id: str) -> list[Any]:
     return list(await manager.tasks.list(filters={"service": service_id}))
 
@@ -62,11 +69,12 @@ async def http_service(
     *,
     constraints: list[str],
     labels: dict[str, str],
+    registry_auth: str,
 ) -> AsyncIterator[tuple[str, dict[str, Any], float, float]]:
     """A service shaped like a sandbox, serving its node's hostname over HTTP; yields
     its id, its running task, the seconds from create to the server's line in the
     service's log, and from that line to the manager's ``running``. Removed on the
-    way out."""
+    way out. ``registry_auth``: the ``X-Registry-Auth`` value the node pulls with."""
     name = "ohrt-test-" + uuid.uuid4().hex[:10]
     spec: dict[str, Any] = {
         "Name": name,
@@ -96,7 +104,9 @@ async def http_service(
         },
     }
     started = time.monotonic()
-    created = await manager._query_json("services/create", "POST", data=spec)
+    created = await manager._query_json(
+        "services/create", "POST", data=spec, headers={"X-Registry-Auth": registry_auth}
+    )
     service_id = str(created["ID"])
     try:
         with anyio.fail_after(120):
@@ -175,12 +185,14 @@ async def test_the_cluster_forms(swarm_cluster: SwarmCluster, say: Callable[[str
 async def test_an_image_pushed_to_the_registry_is_pulled_by_a_node(
     swarm_cluster: SwarmCluster, registry_base_image: str
 ) -> None:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"http://{swarm_cluster.registry}/v2/_catalog") as response,
-    ):
-        assert response.status == 200
-        assert BASE_REPOSITORY in (await response.json())["repositories"]
+    catalog = f"http://{swarm_cluster.registry}/v2/_catalog"
+    auth = swarm_cluster.registry_auth
+    async with aiohttp.ClientSession() as http:
+        async with http.get(catalog) as response:
+            assert response.status == 401  # nothing without the credentials
+        async with http.get(catalog, headers=basic_auth(auth.username, auth.password)) as response:
+            assert response.status == 200
+            assert BASE_REPOSITORY in (await response.json())["repositories"]
     async with swarm_cluster.engine(1) as first:
         pushed = await first.images.inspect(registry_base_image)
     async with swarm_cluster.engine(2) as second:
@@ -205,6 +217,7 @@ async def test_a_host_mode_dnsrr_service_answers_on_its_node(
             registry_base_image,
             constraints=["node.role==worker"],
             labels=swarm_labels,
+            registry_auth=pull_auth(swarm_cluster),
         ) as (service_id, task, ready, reported),
     ):
         say(f"service create to its server's line in the service log: {ready:.2f} s")
@@ -252,7 +265,13 @@ async def test_a_label_only_update_replaces_no_task(
     # update had caused would show as a third task.
     async with (
         swarm_cluster.engine(1) as manager,
-        http_service(manager, registry_base_image, constraints=[], labels=swarm_labels) as (
+        http_service(
+            manager,
+            registry_base_image,
+            constraints=[],
+            labels=swarm_labels,
+            registry_auth=pull_auth(swarm_cluster),
+        ) as (
             service_id,
             task,
             _,
@@ -307,7 +326,11 @@ async def test_a_killed_node_is_reported_down_and_its_task_is_not_replaced(
     # removed, the agent removes the container.
     async with swarm_cluster.engine(1) as manager:
         async with http_service(
-            manager, registry_base_image, constraints=["node.hostname==node-3"], labels=swarm_labels
+            manager,
+            registry_base_image,
+            constraints=["node.hostname==node-3"],
+            labels=swarm_labels,
+            registry_auth=pull_auth(swarm_cluster),
         ) as (service_id, task, _, _):
             assert node_index(swarm_cluster, task["NodeID"]) == 3
             container_id = task["Status"]["ContainerStatus"]["ContainerID"]

@@ -81,7 +81,12 @@ def runtime(
 ) -> SwarmRuntime:
     kwargs.setdefault("session_id", session_id())
     return SwarmRuntime(
-        stream, config, docker_host=cluster.manager, registry=cluster.registry, **kwargs
+        stream,
+        config,
+        docker_host=cluster.manager,
+        registry=cluster.registry,
+        registry_auth=cluster.registry_auth,
+        **kwargs,
     )
 
 
@@ -323,7 +328,11 @@ async def test_a_sandbox_lost_with_its_node_is_resumed_elsewhere_from_its_log(
                 assert isinstance(await asyncio.wait_for(pending, 60), ErrorObservation)
         # The log holds the session up to the loss; fork it at the last answered action
         # onto the swarm: Swarm places it on a node left, the actions are run again there.
-        target = SwarmTarget(docker_host=swarm_cluster.manager, registry=swarm_cluster.registry)
+        target = SwarmTarget(
+            docker_host=swarm_cluster.manager,
+            registry=swarm_cluster.registry,
+            registry_auth=swarm_cluster.registry_auth,
+        )
         async with fork(str(log), at_event=last.id, config=config, swarm=target) as resumed:
             assert isinstance(resumed, SwarmRuntime)
             assert resumed.node_id != lost.swarm_id
@@ -340,17 +349,23 @@ async def test_a_sandbox_lost_with_its_node_is_resumed_elsewhere_from_its_log(
 
 
 _ORPHAN_MAKER = """
-import asyncio, sys
+import asyncio, os, sys
 from events import EventStream
 from openhands_rt import SandboxConfig
-from openhands_rt.swarm import SwarmRuntime
+from openhands_rt.swarm import RegistryAuth, SwarmRuntime
 
 async def main(image, manager, registry, session, label):
     key, _, value = label.partition("=")
     config = SandboxConfig(runtime_container_image=image, labels={key: value})
     async with EventStream() as stream:
+        auth = RegistryAuth(os.environ["REGISTRY_USER"], os.environ["REGISTRY_PASSWORD"])
         rt = SwarmRuntime(
-            stream, config, session_id=session, docker_host=manager, registry=registry
+            stream,
+            config,
+            session_id=session,
+            docker_host=manager,
+            registry=registry,
+            registry_auth=auth,
         )
         await rt.connect()
         print(rt.service_name, flush=True)
@@ -376,6 +391,11 @@ async def test_ps_and_gc_reap_the_services_of_a_killed_owner(
         session_id(),
         f"{key}={value}",
         stdout=asyncio.subprocess.PIPE,
+        env={
+            **os.environ,
+            "REGISTRY_USER": swarm_cluster.registry_auth.username,
+            "REGISTRY_PASSWORD": swarm_cluster.registry_auth.password,
+        },
     )
     assert owner.stdout is not None
     name = (await asyncio.wait_for(owner.stdout.readline(), 300)).decode().strip()
@@ -434,7 +454,11 @@ async def test_a_lost_sandbox_is_resumed_elsewhere_from_its_snapshot_and_log(
                 await asyncio.wait_for(
                     rt.run(CmdRunAction("sleep 600", blocking=True)), 60
                 )  # answered with an error once the node is reported down
-        target = SwarmTarget(docker_host=swarm_cluster.manager, registry=swarm_cluster.registry)
+        target = SwarmTarget(
+            docker_host=swarm_cluster.manager,
+            registry=swarm_cluster.registry,
+            registry_auth=swarm_cluster.registry_auth,
+        )
         async with fork(str(log), at_event=last.id, config=config, swarm=target) as resumed:
             assert isinstance(resumed, SwarmRuntime)
             assert resumed.node_id != lost.swarm_id
@@ -455,3 +479,35 @@ async def test_a_lost_sandbox_is_resumed_elsewhere_from_its_snapshot_and_log(
         if snapshot_id is not None:
             await remove_swarm_snapshot(snapshot_id)
         await swarm_cluster.start(3)
+
+
+async def test_an_agent_cannot_pull_from_the_registry_its_node_reaches(
+    swarm_cluster: SwarmCluster, make_config: Callable[..., SandboxConfig]
+) -> None:
+    # The registry is on the nodes' network, so a sandbox can reach it; it holds the
+    # snapshots, each a sandbox's workspace. Without the credentials it gives nothing,
+    # and the agent has no way to them: Swarm keeps them with the task, on the node.
+    password = swarm_cluster.registry_auth.password
+    fetch = (
+        "import urllib.request, urllib.error\n"
+        "for path in ('_catalog', 'openhands-rt/snapshot/tags/list'):\n"
+        "    try:\n"
+        f"        urllib.request.urlopen('http://{swarm_cluster.registry}/v2/' + path, timeout=5)\n"
+        "        print('open', path)\n"
+        "    except urllib.error.HTTPError as e:\n"
+        "        print(e.code, path)\n"
+    )
+    async with EventStream() as stream, runtime(swarm_cluster, stream, make_config()) as rt:
+        await rt.run(FileWriteAction("/tmp/fetch.py", fetch))
+        obs = await sh(rt, "python3 /tmp/fetch.py")
+        assert obs.content.split() == ["401", "_catalog", "401", "openhands-rt/snapshot/tags/list"]
+        hunt = await sh(
+            rt,
+            f"env | grep -c -- '{password}'; "
+            # Every directory but the kernel's (/proc would never end, /sys holds nothing).
+            "printf '%s\\n' /* | grep -vxE '/(proc|sys|dev)' "
+            f"| xargs grep -rsl -D skip -- '{password}' | wc -l",
+            timeout=300,
+            blocking=True,
+        )
+        assert hunt.content.split() == ["0", "0"], hunt.content
