@@ -6,7 +6,11 @@
   the end of the session everything carrying this run's label is removed
   (containers first, then images, children before parents);
 - ``busybox_image``, ``debian_without_python_image``, ``bullseye_image``: the
-  test images of mount mode, made in the session (images.py).
+  test images of mount mode, made in the session (images.py);
+- ``make_runtime``: the runtime class the behaviour tests run
+  (``make_runtime(stream, config, session_id=...)``): ``DockerRuntime`` here;
+  tests/swarm's conftest gives ``SwarmRuntime`` to the same tests;
+- ``sandbox_gone``: ``await sandbox_gone(rt)``, whether ``rt``'s container is gone.
 """
 
 from __future__ import annotations
@@ -20,9 +24,18 @@ import aiodocker
 import pytest
 from aiodocker.exceptions import DockerError
 from images import bullseye_image, busybox_image, debian_without_python_image
-from support import OCI_RUNTIMES, RUNTIME_MODES, ConfigFactory, config_factory
+from support import (
+    OCI_RUNTIMES,
+    RUNTIME_MODES,
+    ConfigFactory,
+    RuntimeFactory,
+    SandboxGone,
+    config_factory,
+    container_exists,
+)
 
 from events import EventStream
+from openhands_rt import DockerRuntime
 from openhands_rt.docker_client import open_docker
 from openhands_rt.image import DEFAULT_BASE_IMAGE, bootstrap_base_image, build_runtime_image
 
@@ -90,6 +103,23 @@ def make_config(
     return config_factory(
         runtime_mode, runtime_image=runtime_image, base_image=base_image, labels=test_labels
     )
+
+
+@pytest.fixture
+def make_runtime() -> RuntimeFactory:
+    """The runtime class of the behaviour tests: ``DockerRuntime``."""
+    return DockerRuntime
+
+
+@pytest.fixture
+def sandbox_gone() -> SandboxGone:
+    """``await sandbox_gone(rt)``: no container named ``rt.container_name`` exists."""
+
+    async def gone(rt: object) -> bool:
+        assert isinstance(rt, DockerRuntime), rt
+        return not await container_exists(rt.container_name)
+
+    return gone
 
 
 @pytest.fixture

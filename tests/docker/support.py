@@ -7,18 +7,21 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiodocker.exceptions import DockerError
 
 from events import CmdOutputObservation, CmdRunAction, Event, EventStream, RuntimeStatusObservation
-from openhands_rt import DockerRuntime, SandboxConfig
+from openhands_rt import SandboxConfig
 from openhands_rt.docker_client import open_docker
+from openhands_rt.runtime import EventStreamRuntime
 
 __all__ = [
     "OCI_RUNTIMES",
     "RUNTIME_MODES",
     "ConfigFactory",
+    "RuntimeFactory",
+    "SandboxGone",
     "cli",
     "config_factory",
     "container_exists",
@@ -30,6 +33,11 @@ __all__ = [
 ]
 
 ConfigFactory = Callable[..., SandboxConfig]
+#: ``make_runtime(stream, config, session_id=...)``: the runtime class under test
+#: (conftest's ``make_runtime``: DockerRuntime here, SwarmRuntime in tests/swarm).
+RuntimeFactory = Callable[..., EventStreamRuntime]
+#: ``await sandbox_gone(rt)``: whether ``rt``'s sandbox no longer exists on its engine.
+SandboxGone = Callable[[EventStreamRuntime], Awaitable[bool]]
 
 
 def engine_runtimes() -> set[str]:
@@ -82,7 +90,7 @@ def session_id() -> str:
     return "t" + uuid.uuid4().hex[:10]
 
 
-async def sh(rt: DockerRuntime, command: str, **kwargs: object) -> CmdOutputObservation:
+async def sh(rt: EventStreamRuntime, command: str, **kwargs: object) -> CmdOutputObservation:
     obs = await rt.run(CmdRunAction(command, **kwargs))  # type: ignore[arg-type]
     assert isinstance(obs, CmdOutputObservation), obs
     return obs

@@ -29,6 +29,11 @@ constants), written into the sandbox with ``FileWriteAction`` and run with
 ``python3``; each writes a JSON report into ``/workspace/.attack/``, read on
 the host from the mounted workspace. The session key is never sent into the
 sandbox: the host checks what the agent found.
+
+The attacks that need neither a host directory, nor ``docker exec``, nor
+network="none" build their runtime with ``make_runtime`` and run on Swarm too
+(tests/swarm/test_docker_suite.py), where ``workspace`` is None: no host
+directory is mounted, and the report is read with a ``FileReadAction``.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ConfigFactory, is_status, next_event, session_id, sh
+from support import ConfigFactory, RuntimeFactory, is_status, next_event, session_id, sh
 
 from events import (
     CmdOutputObservation,
@@ -55,11 +60,13 @@ from events import (
     EventStream,
     FileEditAction,
     FileReadAction,
+    FileReadObservation,
     FileWriteAction,
 )
 from openhands_rt import DockerRuntime
 from openhands_rt.docker_client import open_docker
 from openhands_rt.docker_runtime import SERVER_PORT
+from openhands_rt.runtime import EventStreamRuntime, SandboxEndpoint
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 
@@ -75,10 +82,11 @@ HOST_PYTHON = next(
 # ---------------------------------------------------------------- helpers
 
 
-def _api_key(rt: DockerRuntime) -> str:
+def _api_key(rt: EventStreamRuntime) -> str:
     """The session key the host uses."""
-    assert rt.endpoint is not None, "the runtime is not connected"
-    return rt.endpoint.api_key
+    endpoint: SandboxEndpoint | None = getattr(rt, "endpoint", None)
+    assert endpoint is not None, "the runtime is not connected"
+    return endpoint.api_key
 
 
 def _unix_socket(rt: DockerRuntime) -> str:
@@ -109,14 +117,14 @@ async def _exec_detached(container_name: str, cmd: list[str], *, user: str = "ro
         await execution.start(detach=True)
 
 
-async def _write(rt: DockerRuntime, path: str, content: str) -> None:
+async def _write(rt: EventStreamRuntime, path: str, content: str) -> None:
     """A FileWriteAction that must succeed."""
     written = await rt.run(FileWriteAction(path, content))
     assert not isinstance(written, ErrorObservation), f"writing {path}: {written}"
 
 
 async def _run_script(
-    rt: DockerRuntime, script: str, *args: str, timeout: float = 120
+    rt: EventStreamRuntime, script: str, *args: str, timeout: float = 120
 ) -> CmdOutputObservation:
     """Write ``script`` into the sandbox and run it with python3 as the agent."""
     path = f"/tmp/attack-{uuid.uuid4().hex[:8]}.py"
@@ -130,6 +138,22 @@ def _report(workspace: Path, name: str) -> dict[str, Any]:
     assert path.exists(), f"the agent-side script wrote no report {path}"
     data: dict[str, Any] = json.loads(path.read_text())
     return data
+
+
+async def _report_of(rt: EventStreamRuntime, workspace: Path | None, name: str) -> dict[str, Any]:
+    """The report of ``name``: from the mounted workspace on the host, or (``workspace``
+    None: no host directory mounted, as on Swarm) with a FileReadAction."""
+    if workspace is not None:
+        return _report(workspace, name)
+    read = await rt.run(FileReadAction(f"/workspace/{REPORTS}/{name}.json"))
+    assert isinstance(read, FileReadObservation), f"the agent-side script wrote no report: {read}"
+    data: dict[str, Any] = json.loads(read.content)
+    return data
+
+
+def _mounted(workspace: Path | None) -> dict[str, object]:
+    """The config's ``workspace_dir`` for ``workspace`` (None: the sandbox's own)."""
+    return {} if workspace is None else {"workspace_dir": str(workspace)}
 
 
 def _failed(result: object) -> bool:
@@ -239,7 +263,11 @@ print("probed", server)
 
 
 async def test_agent_is_unprivileged_and_cannot_signal_trace_or_read_the_server(
-    stream: EventStream, make_config: ConfigFactory, oci_runtime: str, workspace: Path
+    stream: EventStream,
+    make_runtime: RuntimeFactory,
+    make_config: ConfigFactory,
+    oci_runtime: str,
+    workspace: Path | None,
 ) -> None:
     """The agent's processes: every uid the sandbox user, no capability in any set.
 
@@ -248,15 +276,15 @@ async def test_agent_is_unprivileged_and_cannot_signal_trace_or_read_the_server(
     its file descriptors. Under runsc gVisor shows environ, maps and the fd
     list of every process to anyone: there, nothing read may hold the key.
     """
-    config = make_config(oci_runtime=oci_runtime, workspace_dir=str(workspace))
-    async with DockerRuntime(stream, config, session_id=session_id()) as rt:
+    config = make_config(oci_runtime=oci_runtime, **_mounted(workspace))
+    async with make_runtime(stream, config, session_id=session_id()) as rt:
         key = _api_key(rt)
         server = (await sh(rt, "echo $PPID")).content.strip()
         assert server.isdigit(), server
         shell_kill = await sh(rt, "kill -0 $PPID 2>&1; echo exit=$?")
         probe = await _run_script(rt, PROBE_SERVER_SCRIPT, server)
         assert probe.exit_code == 0, probe.content
-        report = _report(workspace, "server")
+        report = await _report_of(rt, workspace, "server")
         assert (await sh(rt, "echo ok")).content.strip() == "ok"
 
     violations: list[str] = []
@@ -305,7 +333,11 @@ async def test_agent_is_unprivileged_and_cannot_signal_trace_or_read_the_server(
 
 
 async def test_file_actions_act_as_the_agent_not_as_the_server(
-    stream: EventStream, make_config: ConfigFactory, oci_runtime: str, workspace: Path
+    stream: EventStream,
+    make_runtime: RuntimeFactory,
+    make_config: ConfigFactory,
+    oci_runtime: str,
+    workspace: Path | None,
 ) -> None:
     """The server's real uid is root's, but its file actions are the sandbox user's.
 
@@ -314,8 +346,8 @@ async def test_file_actions_act_as_the_agent_not_as_the_server(
     create belongs to the sandbox user. (Root's privileges would be the way out
     through the file actions otherwise.)
     """
-    config = make_config(oci_runtime=oci_runtime, workspace_dir=str(workspace))
-    async with DockerRuntime(stream, config, session_id=session_id()) as rt:
+    config = make_config(oci_runtime=oci_runtime, **_mounted(workspace))
+    async with make_runtime(stream, config, session_id=session_id()) as rt:
         shell = await sh(rt, "cat /etc/shadow > /dev/null; echo exit=$?")
         assert "Permission denied" in shell.content, shell.content
         read = await rt.run(FileReadAction("/etc/shadow"))
@@ -329,17 +361,21 @@ async def test_file_actions_act_as_the_agent_not_as_the_server(
         mine = await rt.run(FileWriteAction("/workspace/mine.txt", "ok\n"))
         assert not isinstance(mine, ErrorObservation), mine
         uid = int((await sh(rt, "id -u")).content.strip())
-    assert (workspace / "mine.txt").stat().st_uid == uid != 0
+        if workspace is None:  # no host directory: the owner as the sandbox sees it
+            owner = int((await sh(rt, "stat -c %u /workspace/mine.txt")).content.strip())
+    if workspace is not None:
+        owner = (workspace / "mine.txt").stat().st_uid
+    assert owner == uid != 0
 
 
 # ---------------------------------------------------------------- 2. killing the server
 
 
 async def test_agent_cannot_kill_the_server(
-    stream: EventStream, make_config: ConfigFactory, oci_runtime: str
+    stream: EventStream, make_runtime: RuntimeFactory, make_config: ConfigFactory, oci_runtime: str
 ) -> None:
     """``kill -9 $PPID`` from the agent's shell fails and the same session keeps answering."""
-    async with DockerRuntime(
+    async with make_runtime(
         stream, make_config(oci_runtime=oci_runtime), session_id=session_id()
     ) as rt:
         before = (await sh(rt, "echo $PPID")).content.strip()
@@ -722,7 +758,11 @@ print(f"{len(candidates)} candidates, {files_read} files, ports {ports}, {tries}
 
 
 async def test_session_key_never_reaches_the_agent(
-    stream: EventStream, make_config: ConfigFactory, oci_runtime: str, workspace: Path
+    stream: EventStream,
+    make_runtime: RuntimeFactory,
+    make_config: ConfigFactory,
+    oci_runtime: str,
+    workspace: Path | None,
 ) -> None:
     """Nothing the agent can read holds the key, and nothing it finds opens the API.
 
@@ -735,12 +775,12 @@ async def test_session_key_never_reaches_the_agent(
     ``X-Session-API-Key`` on every listening TCP port (from
     /proc/net/tcp{,6}): every answer must be 401.
     """
-    config = make_config(oci_runtime=oci_runtime, workspace_dir=str(workspace))
-    async with DockerRuntime(stream, config, session_id=session_id()) as rt:
+    config = make_config(oci_runtime=oci_runtime, **_mounted(workspace))
+    async with make_runtime(stream, config, session_id=session_id()) as rt:
         key = _api_key(rt)
         hunt = await _run_script(rt, HUNT_KEY_SCRIPT, timeout=240)
         assert hunt.exit_code == 0, hunt.content
-        report = _report(workspace, "key")
+        report = await _report_of(rt, workspace, "key")
         assert (await sh(rt, "echo ok")).content.strip() == "ok"
 
     print(
@@ -1025,7 +1065,11 @@ with open("/workspace/.attack/bind.json", "w") as f:
 
 
 async def test_agent_cannot_take_the_servers_tcp_port(
-    stream: EventStream, make_config: ConfigFactory, oci_runtime: str, workspace: Path
+    stream: EventStream,
+    make_runtime: RuntimeFactory,
+    make_config: ConfigFactory,
+    oci_runtime: str,
+    workspace: Path | None,
 ) -> None:
     """Default network: the agent cannot listen on the server's port, on any address.
 
@@ -1033,11 +1077,11 @@ async def test_agent_cannot_take_the_servers_tcp_port(
     would need the listener's effective uid at bind time (root's). So Docker's
     published port always leads to the real server.
     """
-    config = make_config(oci_runtime=oci_runtime, workspace_dir=str(workspace))
-    async with DockerRuntime(stream, config, session_id=session_id()) as rt:
+    config = make_config(oci_runtime=oci_runtime, **_mounted(workspace))
+    async with make_runtime(stream, config, session_id=session_id()) as rt:
         probe = await _run_script(rt, BIND_PORT_SCRIPT, str(SERVER_PORT))
         assert probe.exit_code == 0, probe.content
-        report = _report(workspace, "bind")
+        report = await _report_of(rt, workspace, "bind")
         assert (await sh(rt, "echo genuine")).content.strip() == "genuine"
     assert len(report) >= 9, report  # 0.0.0.0, 127.0.0.1 and the container's address
     bound = {where: result for where, result in report.items() if result != "EADDRINUSE"}

@@ -1,4 +1,7 @@
-"""Cancelling DockerRuntime.run() interrupts the command it started (issue 14, point 10)."""
+"""Cancelling DockerRuntime.run() interrupts the command it started (issue 14, point 10).
+
+The runtime comes from ``make_runtime``: these run on Swarm too (tests/swarm).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import time
 
 import anyio
 import pytest
-from support import ConfigFactory, session_id, sh
+from support import ConfigFactory, RuntimeFactory, session_id, sh
 
 from events import (
     CmdOutputObservation,
@@ -17,16 +20,18 @@ from events import (
     IPythonRunCellAction,
     IPythonRunCellObservation,
 )
-from openhands_rt import DockerRuntime, JupyterRequirement, SandboxConfig
+from openhands_rt import JupyterRequirement, SandboxConfig
 from openhands_rt.image import build_runtime_image
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
 
-async def test_cancelling_run_interrupts_the_command(make_config: ConfigFactory) -> None:
+async def test_cancelling_run_interrupts_the_command(
+    make_runtime: RuntimeFactory, make_config: ConfigFactory
+) -> None:
     async with (
         EventStream() as stream,
-        DockerRuntime(stream, make_config(oci_runtime="runc"), session_id=session_id()) as rt,
+        make_runtime(stream, make_config(oci_runtime="runc"), session_id=session_id()) as rt,
     ):
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(rt.run(CmdRunAction("sleep 1000", blocking=True)), 1.0)
@@ -50,7 +55,7 @@ async def test_cancelling_run_interrupts_the_command(make_config: ConfigFactory)
 
 
 async def test_cancelling_run_interrupts_the_ipython_cell(
-    base_image: str, test_repository: str, test_labels: dict[str, str]
+    make_runtime: RuntimeFactory, base_image: str, test_repository: str, test_labels: dict[str, str]
 ) -> None:
     build = await build_runtime_image(
         base_image, repository=test_repository, labels=test_labels, plugins=[JupyterRequirement()]
@@ -64,7 +69,7 @@ async def test_cancelling_run_interrupts_the_ipython_cell(
     )
     async with (
         EventStream() as stream,
-        DockerRuntime(stream, config, session_id=session_id()) as rt,
+        make_runtime(stream, config, session_id=session_id()) as rt,
     ):
         warm = await asyncio.wait_for(rt.run(IPythonRunCellAction("x = 41")), 60)
         assert isinstance(warm, IPythonRunCellObservation)

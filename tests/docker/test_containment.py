@@ -5,7 +5,8 @@ and from inside (the sandbox user's own view): no-new-privileges, every
 capability dropped but the five the server needs until it drops them, Docker's default
 seccomp profile, an init process, an optional read-only root with writable
 /workspace, /tmp and home, and bombs (fork, memory, disk) that stay inside
-their sandbox while the host and a neighbouring sandbox keep working.
+their sandbox while the host and a neighbouring sandbox keep working. The
+bombs test builds its runtimes with ``make_runtime``: it runs on Swarm too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 from aiodocker.exceptions import DockerError
-from support import ConfigFactory, session_id, sh
+from support import ConfigFactory, RuntimeFactory, session_id, sh
 
 from events import (
     CmdOutputObservation,
@@ -288,18 +289,18 @@ BOMB_LIMITS: dict[str, dict[str, int]] = {"fork": {"pids_limit": 128}, "memory":
 
 @pytest.mark.parametrize("bomb", ["fork", "memory"])
 async def test_bombs_leave_the_host_and_a_neighbour_responsive(
-    make_config: ConfigFactory, oci_runtime: str, bomb: str
+    make_runtime: RuntimeFactory, make_config: ConfigFactory, oci_runtime: str, bomb: str
 ) -> None:
     # One stream each: every runtime on a stream runs every action appended to it.
     async with EventStream() as bombed_stream, EventStream() as neighbour_stream:
-        bombed = DockerRuntime(
+        bombed = make_runtime(
             bombed_stream,
             # One limit each: under gVisor a fork bomb that also meets memory_mb takes the
             # whole sandbox (the sentry) down with the OOM killer; see docs/containment.md.
             make_config(oci_runtime=oci_runtime, **BOMB_LIMITS[bomb]),
             session_id=session_id(),
         )
-        neighbour = DockerRuntime(
+        neighbour = make_runtime(
             neighbour_stream, make_config(oci_runtime=oci_runtime), session_id=session_id()
         )
         async with bombed, neighbour:

@@ -1,7 +1,10 @@
 """DockerRuntime against a real engine: lifecycle, isolation, limits, concurrency.
 
 The isolation suite runs under runc and under gVisor (``runsc``) when the
-engine has it registered (``.ci/run`` registers it, so in CI both run).
+engine has it registered (``.ci/run`` registers it, so in CI both run). The
+tests that build their runtime with ``make_runtime`` run on Swarm too
+(tests/swarm/test_docker_suite.py); what they check of the container itself is
+checked for ``DockerRuntime`` only.
 """
 
 from __future__ import annotations
@@ -20,7 +23,14 @@ from pathlib import Path
 import aiodocker
 import anyio
 import pytest
-from support import ConfigFactory, container_exists, session_id, sh
+from support import (
+    ConfigFactory,
+    RuntimeFactory,
+    SandboxGone,
+    container_exists,
+    session_id,
+    sh,
+)
 
 from events import (
     CmdOutputObservation,
@@ -36,6 +46,7 @@ from events import (
 from openhands_rt import DockerRuntime, SandboxConfig, SandboxError, SandboxStartError
 from openhands_rt.docker_client import open_docker
 from openhands_rt.docker_runtime import CONTAINER_PREFIX, SERVER_PORT
+from openhands_rt.runtime import EventStreamRuntime
 from openhands_rt.sandboxes import (
     HOST_DIR_PREFIX,
     LABEL_KEEP_ALIVE,
@@ -52,39 +63,50 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 
 
 async def test_echo_and_container_shape(
-    stream: EventStream, make_config: ConfigFactory, tmp_path: Path
+    stream: EventStream,
+    make_runtime: RuntimeFactory,
+    make_config: ConfigFactory,
+    sandbox_gone: SandboxGone,
 ) -> None:
     sid = session_id()
-    async with DockerRuntime(stream, make_config(), session_id=sid) as rt:
+    async with make_runtime(stream, make_config(), session_id=sid) as rt:
         obs = await sh(rt, "echo hi")
         assert obs.content.strip() == "hi"
         assert obs.exit_code == 0
         assert obs.metadata.working_dir == "/workspace"
-        async with open_docker() as docker:
-            info = await (await docker.containers.get(CONTAINER_PREFIX + sid)).show()
-        labels = info["Config"]["Labels"]
-        assert labels[LABEL_SESSION] == sid
-        assert labels[LABEL_KEEP_ALIVE] == "false"
-        assert str(os.getpid()) in labels[LABEL_OWNER]
-        assert info["HostConfig"]["Init"] is True
-        assert "no-new-privileges" in info["HostConfig"]["SecurityOpt"]
-        bindings = info["HostConfig"]["PortBindings"]["30150/tcp"]
-        assert [b["HostIp"] for b in bindings] == ["127.0.0.1"]
-        published = info["NetworkSettings"]["Ports"]["30150/tcp"]
-        assert all(p["HostIp"] == "127.0.0.1" for p in published)
-    assert not await container_exists(CONTAINER_PREFIX + sid)
+        if isinstance(rt, DockerRuntime):
+            await check_container_shape(sid)
+    assert await sandbox_gone(rt)
     statuses = [e.status for e in stream.iter_events() if isinstance(e, RuntimeStatusObservation)]
     assert statuses[-1] == "closed"
     assert "ready" in statuses
 
 
+async def check_container_shape(sid: str) -> None:
+    """Labels, init, no-new-privileges, a port published on the loopback only."""
+    async with open_docker() as docker:
+        info = await (await docker.containers.get(CONTAINER_PREFIX + sid)).show()
+    labels = info["Config"]["Labels"]
+    assert labels[LABEL_SESSION] == sid
+    assert labels[LABEL_KEEP_ALIVE] == "false"
+    assert str(os.getpid()) in labels[LABEL_OWNER]
+    assert info["HostConfig"]["Init"] is True
+    assert "no-new-privileges" in info["HostConfig"]["SecurityOpt"]
+    bindings = info["HostConfig"]["PortBindings"]["30150/tcp"]
+    assert [b["HostIp"] for b in bindings] == ["127.0.0.1"]
+    published = info["NetworkSettings"]["Ports"]["30150/tcp"]
+    assert all(p["HostIp"] == "127.0.0.1" for p in published)
+
+
 async def test_config_env_and_limits_reach_the_container(
-    stream: EventStream, make_config: ConfigFactory
+    stream: EventStream, make_runtime: RuntimeFactory, make_config: ConfigFactory
 ) -> None:
     config = make_config(env={"GREETING": "hello sandbox"}, cpus=0.5, memory_mb=512, pids_limit=200)
-    async with DockerRuntime(stream, config, session_id=session_id()) as rt:
+    async with make_runtime(stream, config, session_id=session_id()) as rt:
         assert (await sh(rt, "echo $GREETING")).content.strip() == "hello sandbox"
         assert (await sh(rt, "echo ${SESSION_API_KEY:-unset}")).content.strip() == "unset"
+        if not isinstance(rt, DockerRuntime):
+            return
         async with open_docker() as docker:
             info = await (await docker.containers.get(rt.container_name)).show()
         host = info["HostConfig"]
@@ -94,29 +116,32 @@ async def test_config_env_and_limits_reach_the_container(
 
 
 async def test_keep_alive_then_attach_keeps_state(
-    stream: EventStream, make_config: ConfigFactory
+    stream: EventStream,
+    make_runtime: RuntimeFactory,
+    make_config: ConfigFactory,
+    sandbox_gone: SandboxGone,
 ) -> None:
     sid = session_id()
-    async with DockerRuntime(stream, make_config(keep_runtime_alive=True), session_id=sid) as rt:
+    async with make_runtime(stream, make_config(keep_runtime_alive=True), session_id=sid) as rt:
         await sh(rt, "export KEPT=yes; cd /tmp; echo state > /tmp/state.txt")
-    assert await container_exists(CONTAINER_PREFIX + sid)
+    assert not await sandbox_gone(rt)
     async with (
         EventStream() as stream2,
-        DockerRuntime(stream2, make_config(), session_id=sid) as rt2,
+        make_runtime(stream2, make_config(), session_id=sid) as rt2,
     ):
         assert rt2.attached
         obs = await sh(rt2, "echo $KEPT; pwd; cat state.txt")
         assert obs.content.split() == ["yes", "/tmp", "state"]
-    assert not await container_exists(CONTAINER_PREFIX + sid)
+    assert await sandbox_gone(rt2)
 
 
 async def test_missing_image_fails_fast_naming_it(
-    stream: EventStream, make_config: ConfigFactory
+    stream: EventStream, make_runtime: RuntimeFactory, make_config: ConfigFactory
 ) -> None:
     config = make_config(runtime_container_image="openhands-rt-test/does-not-exist:nope")
     started = time.monotonic()
     with pytest.raises(SandboxError, match="does-not-exist"):
-        async with DockerRuntime(stream, config, session_id=session_id()):
+        async with make_runtime(stream, config, session_id=session_id()):
             pass
     assert time.monotonic() - started < 5
 
@@ -135,20 +160,27 @@ def failing_start(
 
 
 async def test_start_failure_reports_logs_and_removes_container(
-    stream: EventStream, make_config: ConfigFactory, base_image: str, runtime_mode: str
+    stream: EventStream,
+    make_runtime: RuntimeFactory,
+    make_config: ConfigFactory,
+    sandbox_gone: SandboxGone,
+    base_image: str,
+    runtime_mode: str,
 ) -> None:
     sid = session_id()
     config = failing_start(make_config, runtime_mode, base_image)
+    rt = make_runtime(stream, config, session_id=sid)
     with pytest.raises(SandboxStartError) as info:
-        async with DockerRuntime(stream, config, session_id=sid):
+        async with rt:
             pass
     if runtime_mode == "mount":
         # The server's own error, from the container's log.
         assert "NO-SUCH-LEVEL" in "\n".join(info.value.log_tail), info.value.log_tail
     else:
         assert "openhands_rt/venv/bin/python" in str(info.value) or info.value.log_tail
-    assert not await container_exists(CONTAINER_PREFIX + sid)
-    assert run_dirs_of(sid) == []
+    assert await sandbox_gone(rt)
+    if isinstance(rt, DockerRuntime):
+        assert run_dirs_of(sid) == []
 
 
 def run_dirs_of(sid: str) -> list[str]:
@@ -196,35 +228,44 @@ async def test_a_failed_start_removes_what_it_made_even_if_kept_alive(
 
 
 async def test_a_cancelled_start_removes_what_it_made(
-    stream: EventStream, make_config: ConfigFactory, docker: aiodocker.Docker
+    stream: EventStream,
+    make_runtime: RuntimeFactory,
+    make_config: ConfigFactory,
+    sandbox_gone: SandboxGone,
 ) -> None:
     sid = session_id()
-    rt = DockerRuntime(stream, make_config(keep_runtime_alive=True), session_id=sid)
+    rt = make_runtime(stream, make_config(keep_runtime_alive=True), session_id=sid)
     connecting = asyncio.create_task(rt.connect())
-    # Cancelled while it waits for the server, once its container exists (seen from
-    # outside, as an engine client: there is no event for it to wait on).
+    # Cancelled while it waits for the server, once its container (its service, on
+    # Swarm) exists (seen from outside, as an engine client: there is no event for it
+    # to wait on).
     with anyio.fail_after(60):
-        while not await container_exists(CONTAINER_PREFIX + sid):  # noqa: ASYNC110
+        while await sandbox_gone(rt):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
     connecting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await connecting
-    assert not await container_exists(CONTAINER_PREFIX + sid)
-    assert run_dirs_of(sid) == []
+    assert await sandbox_gone(rt)
+    if isinstance(rt, DockerRuntime):
+        assert run_dirs_of(sid) == []
     await rt.aclose()
 
 
 async def test_connect_and_close_in_different_tasks(
-    stream: EventStream, make_config: ConfigFactory
+    stream: EventStream,
+    make_runtime: RuntimeFactory,
+    make_config: ConfigFactory,
+    sandbox_gone: SandboxGone,
 ) -> None:
     # As pytest-asyncio fixtures and web frameworks do: the runtime's task group is
     # not tied to the task that connected it.
-    rt = DockerRuntime(stream, make_config(), session_id=session_id())
+    rt = make_runtime(stream, make_config(), session_id=session_id())
     await asyncio.create_task(rt.connect())
     assert (await sh(rt, "echo one")).content.strip() == "one"
     await asyncio.create_task(rt.aclose())
-    assert not await container_exists(rt.container_name)
-    assert run_dirs_of(rt.session_id) == []
+    assert await sandbox_gone(rt)
+    if isinstance(rt, DockerRuntime):
+        assert run_dirs_of(rt.session_id) == []
 
 
 async def test_container_killed_mid_action(stream: EventStream, make_config: ConfigFactory) -> None:
@@ -252,16 +293,18 @@ async def test_container_killed_mid_action(stream: EventStream, make_config: Con
     assert not await container_exists(rt.container_name)
 
 
-async def test_six_sandboxes_start_concurrently(make_config: ConfigFactory) -> None:
+async def test_six_sandboxes_start_concurrently(
+    make_runtime: RuntimeFactory, make_config: ConfigFactory
+) -> None:
     # One stream per runtime: a runtime runs every action on its stream.
     streams = [EventStream() for _ in range(6)]
     async with contextlib.AsyncExitStack() as stack:
         for s in streams:
             await stack.enter_async_context(s)
-        runtimes = [DockerRuntime(s, make_config(), session_id=session_id()) for s in streams]
+        runtimes = [make_runtime(s, make_config(), session_id=session_id()) for s in streams]
         durations: list[float] = []
 
-        async def start(rt: DockerRuntime) -> None:
+        async def start(rt: EventStreamRuntime) -> None:
             t0 = time.monotonic()
             await rt.connect()
             durations.append(time.monotonic() - t0)
@@ -376,10 +419,10 @@ async def test_root_owned_workspace_gets_write_access_not_root(
 
 
 async def test_fork_bomb_is_contained(
-    stream: EventStream, make_config: ConfigFactory, oci_runtime: str
+    stream: EventStream, make_runtime: RuntimeFactory, make_config: ConfigFactory, oci_runtime: str
 ) -> None:
     config = make_config(oci_runtime=oci_runtime, pids_limit=128)
-    async with DockerRuntime(stream, config, session_id=session_id()) as rt:
+    async with make_runtime(stream, config, session_id=session_id()) as rt:
         # Every process forks for 4 s, then exits: a real exponential fork bomb that
         # cleans up after itself, so the test needs no fork to stop it.
         bomb = (
@@ -397,10 +440,10 @@ async def test_fork_bomb_is_contained(
 
 
 async def test_memory_bomb_is_killed_and_the_server_survives(
-    stream: EventStream, make_config: ConfigFactory, oci_runtime: str
+    stream: EventStream, make_runtime: RuntimeFactory, make_config: ConfigFactory, oci_runtime: str
 ) -> None:
     config = make_config(oci_runtime=oci_runtime, memory_mb=256)
-    async with DockerRuntime(stream, config, session_id=session_id()) as rt:
+    async with make_runtime(stream, config, session_id=session_id()) as rt:
         # Output to a file: under gVisor a MemoryError traceback written to the PTY
         # stalls the process (a gVisor quirk, see the CHANGELOG); the limit holds either way.
         obs = await sh(
@@ -461,9 +504,9 @@ async def test_unix_channel_publishes_no_port_and_keeps_the_network(
 
 
 async def test_every_action_kind_runs_under_each_runtime(
-    stream: EventStream, make_config: ConfigFactory, oci_runtime: str
+    stream: EventStream, make_runtime: RuntimeFactory, make_config: ConfigFactory, oci_runtime: str
 ) -> None:
-    async with DockerRuntime(
+    async with make_runtime(
         stream, make_config(oci_runtime=oci_runtime), session_id=session_id()
     ) as rt:
         results: list[Observation] = [

@@ -2,17 +2,18 @@
 
 Each test runs through ``LocalRuntime`` and through ``DockerRuntime`` (runc):
 the same server answers both, and the texts are what OpenHands' runtime
-prints (see docs/compat.md for what matches and what differs on purpose).
+prints (see docs/compat.md for what matches and what differs on purpose). The
+``rt`` tests run through ``SwarmRuntime`` too (tests/swarm/test_docker_suite.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from support import RUNTIME_MODES, ConfigFactory, config_factory, session_id
+from support import RUNTIME_MODES, ConfigFactory, RuntimeFactory, config_factory, session_id
 
 from events import (
     CmdOutputObservation,
@@ -42,9 +43,6 @@ RUNTIMES = [
 ]
 
 
-RuntimeFactory = Callable[..., EventStreamRuntime]
-
-
 def docker_configs(request: pytest.FixtureRequest, mode: str) -> ConfigFactory:
     """The tests' config factory (conftest's ``make_config``) for runtime mode ``mode``."""
     return config_factory(
@@ -56,9 +54,10 @@ def docker_configs(request: pytest.FixtureRequest, mode: str) -> ConfigFactory:
 
 
 @pytest.fixture(params=RUNTIMES)
-def make_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> RuntimeFactory:
-    """``make_runtime(stream, **config_overrides)``: a runtime of each kind (the Docker
-    image is resolved here, outside the event loop)."""
+def runtime_of_each_kind(request: pytest.FixtureRequest, tmp_path: Path) -> RuntimeFactory:
+    """``runtime_of_each_kind(stream, **config_overrides)``: a runtime of each kind (the
+    Docker image is resolved here, outside the event loop; the class is conftest's
+    ``make_runtime``). tests/swarm's conftest gives the Swarm one to the same tests."""
     if request.param == "local":
 
         def local(stream: EventStream, **overrides: object) -> EventStreamRuntime:
@@ -71,18 +70,19 @@ def make_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> RuntimeFacto
 
         return local
     make_config = docker_configs(request, request.param)
+    make_runtime: RuntimeFactory = request.getfixturevalue("make_runtime")
 
     def docker(stream: EventStream, **overrides: object) -> EventStreamRuntime:
-        return DockerRuntime(stream, make_config(**overrides), session_id=session_id())
+        return make_runtime(stream, make_config(**overrides), session_id=session_id())
 
     return docker
 
 
 @pytest.fixture
 async def rt(
-    make_runtime: RuntimeFactory, stream: EventStream
+    runtime_of_each_kind: RuntimeFactory, stream: EventStream
 ) -> AsyncIterator[EventStreamRuntime]:
-    async with make_runtime(stream) as runtime:
+    async with runtime_of_each_kind(stream) as runtime:
         yield runtime
 
 
@@ -159,9 +159,9 @@ async def test_several_commands_are_refused_and_one_compound_command_runs(
 
 
 async def test_several_commands_run_where_the_sandbox_allows_them(
-    make_runtime: RuntimeFactory, stream: EventStream
+    runtime_of_each_kind: RuntimeFactory, stream: EventStream
 ) -> None:
-    async with make_runtime(stream, allow_multiple_commands=True) as runtime:
+    async with runtime_of_each_kind(stream, allow_multiple_commands=True) as runtime:
         obs = await runtime.run(CmdRunAction("echo one\necho two"))
         assert isinstance(obs, CmdOutputObservation), obs
         assert obs.content == "one\ntwo"

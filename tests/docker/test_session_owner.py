@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 import pytest
-from support import ConfigFactory, container_exists, session_id, sh
+from support import ConfigFactory, RuntimeFactory, SandboxGone, container_exists, session_id, sh
 
 from events import EventStream
 from openhands_rt import DockerRuntime, SandboxError, SessionInUseError
@@ -17,17 +17,19 @@ from openhands_rt.docker_runtime import CONTAINER_PREFIX
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 
 
-async def test_a_second_runtime_in_this_process_is_refused(make_config: ConfigFactory) -> None:
+async def test_a_second_runtime_in_this_process_is_refused(
+    make_runtime: RuntimeFactory, make_config: ConfigFactory, sandbox_gone: SandboxGone
+) -> None:
     sid = session_id()
     async with (
         EventStream() as stream1,
         EventStream() as stream2,
-        DockerRuntime(stream1, make_config(), session_id=sid) as rt1,
+        make_runtime(stream1, make_config(), session_id=sid) as rt1,
     ):
         # On another stream (it would share the container) and on the same one
         # (its actions would never be answered): both refused, at once.
         for stream in (stream2, stream1):
-            second = DockerRuntime(stream, make_config(), session_id=sid)
+            second = make_runtime(stream, make_config(), session_id=sid)
             with pytest.raises(SessionInUseError, match=sid) as caught:
                 await asyncio.wait_for(second.connect(), 30)
             assert isinstance(caught.value, SandboxError)
@@ -36,30 +38,32 @@ async def test_a_second_runtime_in_this_process_is_refused(make_config: ConfigFa
         # The refused runtimes touched nothing: the owner's sandbox works on.
         obs = await asyncio.wait_for(sh(rt1, "echo still here"), 30)
         assert obs.content.strip() == "still here"
-    assert not await container_exists(CONTAINER_PREFIX + sid)
+    assert await sandbox_gone(rt1)
 
 
 async def test_a_kept_alive_sandbox_whose_owner_closed_it_can_be_attached(
-    make_config: ConfigFactory,
+    make_runtime: RuntimeFactory, make_config: ConfigFactory, sandbox_gone: SandboxGone
 ) -> None:
     sid = session_id()
     async with (
         EventStream() as stream1,
-        DockerRuntime(stream1, make_config(keep_runtime_alive=True), session_id=sid) as rt1,
+        make_runtime(stream1, make_config(keep_runtime_alive=True), session_id=sid) as rt1,
     ):
         await sh(rt1, "echo kept > /tmp/kept")
         async with EventStream() as other:
+            refused = make_runtime(other, make_config(), session_id=sid)
             with pytest.raises(SessionInUseError):
-                await DockerRuntime(other, make_config(), session_id=sid).connect()
+                await refused.connect()
+            await refused.aclose()
     # Its owner closed it: attaching is the documented way to take it over.
     async with (
         EventStream() as stream2,
-        DockerRuntime(stream2, make_config(), session_id=sid) as rt2,
+        make_runtime(stream2, make_config(), session_id=sid) as rt2,
     ):
         assert rt2.attached
         obs = await sh(rt2, "cat /tmp/kept")
         assert obs.content.strip() == "kept"
-    assert not await container_exists(CONTAINER_PREFIX + sid)
+    assert await sandbox_gone(rt2)
 
 
 OWNER_SCRIPT = textwrap.dedent(

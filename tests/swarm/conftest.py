@@ -4,7 +4,15 @@
   into node 1), made once per session, torn down at its end — and checked: the
   session ends with an error when anything of it is left;
 - ``swarm_labels``: this run's labels (on every container, network and volume);
-- ``say``: writes a line to the terminal (figures measured by the tests).
+- ``say``: writes a line to the terminal (figures measured by the tests);
+- the fixtures tests/docker's behaviour tests take, with the same names, for
+  test_docker_suite.py, which runs them on Swarm: ``make_runtime`` (a
+  ``SwarmRuntime`` on the cluster), ``make_config`` (build mode only),
+  ``stream``, ``sandbox_gone``, ``oci_runtime`` (runc: the nodes' engines run
+  it, and say so in a node label), ``runtime_mode``, ``runtime_image``,
+  ``base_image``, ``test_labels``, ``test_repository``, ``workspace`` (None: no
+  host directory on a node), ``runtime_of_each_kind`` and ``rt`` (test_fidelity's:
+  a connected ``SwarmRuntime``, in the session's loop).
 
 The tests run in the session's event loop (the cluster's registry process and its
 log reader belong to it): mark them ``pytest.mark.asyncio(loop_scope="session")``.
@@ -17,8 +25,10 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +37,17 @@ import pytest_asyncio
 from cluster import RUN_LABEL, SwarmCluster, leftovers, open_swarm_cluster, sweep
 from registry_process import REGISTRY_BINARY, registry_missing
 
+from events import EventStream
 from openhands_rt.docker_client import open_docker
 from openhands_rt.image import DEFAULT_BASE_IMAGE, bootstrap_base_image, build_runtime_image
+from openhands_rt.runtime import EventStreamRuntime
+from openhands_rt.swarm.runtime import SwarmRuntime
+from openhands_rt.swarm.spec import OCI_RUNTIME_NODE_LABEL
+
+# test_docker_suite.py imports tests/docker's test modules, and they their support.py.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "docker"))
+
+from support import ConfigFactory, RuntimeFactory, SandboxGone, config_factory, session_id
 
 RUN_ID = "s" + uuid.uuid4().hex[:11]
 #: The runtime image the swarm tests build (apart from the real ``openhands-rt/runtime``).
@@ -157,3 +176,117 @@ async def swarm_cluster(
         for what, seconds in cluster.timings.items():
             say(f"{what}: {seconds:.1f} s")
         yield cluster
+
+
+# ---------------------------------------------------------------- tests/docker's fixtures
+
+
+@pytest.fixture
+def make_runtime(swarm_cluster: SwarmCluster) -> RuntimeFactory:
+    """``SwarmRuntime`` on the cluster: ``make_runtime(stream, config, session_id=...)``."""
+    return partial(
+        SwarmRuntime,
+        docker_host=swarm_cluster.manager,
+        registry=swarm_cluster.registry,
+        registry_auth=swarm_cluster.registry_auth,
+    )
+
+
+@pytest.fixture
+def sandbox_gone(swarm_cluster: SwarmCluster) -> SandboxGone:
+    """``await sandbox_gone(rt)``: the manager knows no service named ``rt.service_name``."""
+
+    async def gone(rt: EventStreamRuntime) -> bool:
+        assert isinstance(rt, SwarmRuntime), rt
+        async with swarm_cluster.engine(1) as manager:
+            services = await manager.services.list(filters={"name": rt.service_name})
+        # The name filter matches prefixes: compare the names.
+        return all(s["Spec"]["Name"] != rt.service_name for s in services)
+
+    return gone
+
+
+@pytest.fixture(scope="session")
+def runtime_mode() -> str:
+    """Build mode only: SwarmRuntime refuses runtime_mode="mount" (not built yet)."""
+    return "build"
+
+
+@pytest.fixture(scope="session")
+def runtime_image(swarm_runtime_image: str) -> str:
+    return swarm_runtime_image
+
+
+@pytest.fixture(scope="session")
+def base_image(swarm_base_image: str) -> str:
+    return swarm_base_image
+
+
+@pytest.fixture(scope="session")
+def test_labels(swarm_labels: dict[str, str]) -> dict[str, str]:
+    return swarm_labels
+
+
+@pytest.fixture(scope="session")
+def test_repository() -> str:
+    return SWARM_REPOSITORY
+
+
+@pytest.fixture
+def make_config(
+    swarm_runtime_image: str, swarm_base_image: str, swarm_labels: dict[str, str]
+) -> ConfigFactory:
+    """tests/docker's config factory in build mode, with the swarm tests' image and labels."""
+    return config_factory(
+        "build",
+        runtime_image=swarm_runtime_image,
+        base_image=swarm_base_image,
+        labels=swarm_labels,
+    )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def stream() -> AsyncIterator[EventStream]:
+    async with EventStream() as s:
+        yield s
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def oci_runtime(swarm_cluster: SwarmCluster) -> str:
+    """runc, the nodes' engines' default runtime, written on each node as the label
+    SwarmRuntime places ``oci_runtime`` by (a service cannot pick its OCI runtime)."""
+    async with swarm_cluster.engine(1) as manager:
+        for node in await manager.nodes.list():
+            spec = dict(node["Spec"])
+            spec["Labels"] = {**(spec.get("Labels") or {}), OCI_RUNTIME_NODE_LABEL: "runc"}
+            await manager.nodes.update(
+                node_id=node["ID"], version=node["Version"]["Index"], spec=spec
+            )
+    return "runc"
+
+
+@pytest.fixture
+def workspace() -> None:
+    """No host directory is mounted on a node: the attacks use the sandbox's /workspace."""
+    return None
+
+
+@pytest.fixture
+def runtime_of_each_kind(
+    make_runtime: RuntimeFactory, make_config: ConfigFactory
+) -> RuntimeFactory:
+    """test_fidelity's factory (``runtime_of_each_kind(stream, **overrides)``): Swarm."""
+
+    def swarm(stream: EventStream, **overrides: object) -> EventStreamRuntime:
+        return make_runtime(stream, make_config(**overrides), session_id=session_id())
+
+    return swarm
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def rt(
+    runtime_of_each_kind: RuntimeFactory, stream: EventStream
+) -> AsyncIterator[EventStreamRuntime]:
+    """test_fidelity's connected runtime, here in the session's loop."""
+    async with runtime_of_each_kind(stream) as runtime:
+        yield runtime
