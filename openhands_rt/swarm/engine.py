@@ -21,6 +21,7 @@ import aiohttp
 import anyio
 
 from openhands_rt.docker.engine import EngineError, NotFound, translated
+from openhands_rt.docker.lifecycle import demultiplex_lines
 from openhands_rt.docker_client import split_image_ref
 
 __all__ = [
@@ -33,9 +34,11 @@ __all__ = [
     "engine_request",
     "read_json_stream",
     "remove_service",
+    "service_log_tail",
 ]
 
 _NO_TIMEOUT = aiohttp.ClientTimeout()
+_LOG_TAIL_SECONDS = 10.0  # a service's logs come from its node through the manager
 _CHUNK = 1 << 20
 #: A registry without auth still wants the header on push: base64 of ``{}``.
 NO_AUTH = base64.b64encode(b"{}").decode()
@@ -78,6 +81,22 @@ async def engine_request(
                 yield response
             finally:
                 response.release()
+
+
+async def service_log_tail(docker: aiodocker.Docker, service_id: str, lines: int) -> list[str]:
+    """The service's last ``lines`` log lines (stdout and stderr, through the manager);
+    [] when they cannot be read (or not within 10 s)."""
+    params = {"stdout": "1", "stderr": "1", "tail": str(lines)}
+    data = b""
+    try:
+        with anyio.move_on_after(_LOG_TAIL_SECONDS):
+            async with engine_request(
+                docker, f"services/{service_id}/logs", params=params
+            ) as response:
+                data = await response.read()
+    except (EngineError, OSError, aiohttp.ClientError):
+        return []
+    return [line.decode(errors="replace") for line in demultiplex_lines(data)][-lines:]
 
 
 @asynccontextmanager

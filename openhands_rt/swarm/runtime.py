@@ -78,9 +78,9 @@ from openhands_rt.swarm.tasks import (
     TERMINAL_STATES,
     ContainerNotStarted,
     find_task,
-    never_started,
     node_address,
     published_port,
+    start_failure,
     task_reason,
 )
 
@@ -93,6 +93,7 @@ _CERT_FILE = "server.pem"
 _FIRST_LOOK, _LONGEST_LOOK = 0.05, 1.0
 # Starts whose container the node's engine could not start, in all (ContainerNotStarted).
 _START_ATTEMPTS = 3
+_LOG_TAIL = 50  # lines of a failed start's output in its SandboxStartError
 
 
 class SwarmRuntime(EventStreamRuntime):
@@ -349,15 +350,7 @@ class SwarmRuntime(EventStreamRuntime):
                     while True:
                         last = await self._task()
                         state = (last or {}).get("Status", {}).get("State")
-                        if state in TERMINAL_STATES:
-                            assert last is not None
-                            kind = (
-                                ContainerNotStarted
-                                if not heard.is_set() and never_started(last)
-                                else SandboxStartError
-                            )
-                            raise kind(f"sandbox {name} failed to start: {task_reason(last)}")
-                        if (
+                        if state in TERMINAL_STATES or (
                             heard.is_set()
                             and state == "running"
                             and last is not None
@@ -374,6 +367,11 @@ class SwarmRuntime(EventStreamRuntime):
                 f"sandbox {name} was not ready within {timeout} s ({where})"
             ) from None
         assert last is not None
+        # Raised here: raised in the task group, it would come out as an ExceptionGroup.
+        if state in TERMINAL_STATES:
+            manager, service = self._manager_client(), str(self.service_id)
+            tail = await swarm_engine.service_log_tail(manager, service, _LOG_TAIL)
+            raise start_failure(last, name=name, heard=heard.is_set(), log_tail=tail)
         self.task_id = str(last["ID"])
         return last
 

@@ -18,6 +18,7 @@ __all__ = [
     "never_started",
     "node_address",
     "published_port",
+    "start_failure",
     "task_reason",
 ]
 
@@ -98,3 +99,12 @@ def never_started(task: Mapping[str, Any]) -> bool:
     return status.get("State") == "rejected" or (
         status.get("State") == "failed" and code in (None, 128)
     )
+
+
+def start_failure(
+    task: Mapping[str, Any], *, name: str, heard: bool, log_tail: list[str]
+) -> SandboxStartError:
+    """The error of sandbox ``name`` whose ``task`` ended before it was ready
+    (``heard``: its server printed its line; ``log_tail``: the service's last lines)."""
+    kind = ContainerNotStarted if not heard and never_started(task) else SandboxStartError
+    return kind(f"sandbox {name} failed to start: {task_reason(task)}", log_tail=log_tail)

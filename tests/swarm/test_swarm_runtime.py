@@ -34,7 +34,7 @@ from events import (
     RuntimeStatusObservation,
 )
 from openhands_rt import SandboxConfig
-from openhands_rt.errors import SandboxError, SessionInUseError
+from openhands_rt.errors import SandboxError, SandboxStartError, SessionInUseError
 from openhands_rt.forking import fork
 from openhands_rt.swarm import SwarmRuntime, SwarmTarget, remove_swarm_snapshot
 from openhands_rt.swarm.runtime import LABEL_HOST_DIR
@@ -306,6 +306,22 @@ async def test_a_sandbox_that_fits_nowhere_fails_with_the_schedulers_reason(
             await rt.connect()
         await rt.aclose()
     assert await services_named(swarm_cluster, rt.service_name) == []
+
+
+async def test_a_sandbox_whose_server_exits_at_start_fails_with_its_output(
+    swarm_cluster: SwarmCluster, make_config: Callable[..., SandboxConfig]
+) -> None:
+    # The server refuses an unknown log level and exits: the SandboxStartError itself
+    # (never an ExceptionGroup of one), with the server's own words from the service's log.
+    config = make_config(env={"OPENHANDS_RT_LOG_LEVEL": "NO-SUCH-LEVEL"})
+    async with EventStream() as stream:
+        rt = runtime(swarm_cluster, stream, config)
+        with pytest.raises(SandboxStartError) as info:
+            await rt.connect()
+        await rt.aclose()
+    assert "NO-SUCH-LEVEL" in "\n".join(info.value.log_tail), info.value.log_tail
+    assert await services_named(swarm_cluster, rt.service_name) == []
+    assert await secrets_of(swarm_cluster, rt.service_name) == []
 
 
 async def test_a_sandbox_lost_with_its_node_is_resumed_elsewhere_from_its_log(
