@@ -617,7 +617,7 @@ async def test_nothing_on_the_servers_path_is_writable_by_the_agent(
 # tokens in the memory of every process it can read, url-safe runs of 32+
 # characters in readable files. Then tries each as the key on every listening TCP port.
 HUNT_KEY_SCRIPT = r"""
-import http.client, json, os, re, stat, time
+import http.client, json, os, re, ssl, stat, time
 
 started = time.monotonic()
 
@@ -705,11 +705,19 @@ def listening_ports():
     return sorted(ports)
 
 connections = {}
+tls_ports = set()  # ports whose server speaks TLS (SwarmRuntime's does)
+# The agent cannot know the server's certificate: it trusts any.
+UNVERIFIED = ssl._create_unverified_context()
+
+def connect(port):
+    if port in tls_ports:
+        return http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=UNVERIFIED)
+    return http.client.HTTPConnection("127.0.0.1", port, timeout=5)
 
 def get(port, key):  # GET /server_info with key: one kept-alive connection per port
     headers = {"X-Session-API-Key": key}
     for _ in range(2):
-        conn = connections.get(port) or http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn = connections.get(port) or connect(port)
         connections[port] = conn
         try:
             conn.request("GET", "/server_info", headers=headers)
@@ -725,6 +733,13 @@ def get(port, key):  # GET /server_info with key: one kept-alive connection per 
 collected = time.monotonic() - started
 ports = listening_ports()
 baseline = {port: get(port, "not-the-key") for port in ports}
+for port in ports:
+    if baseline[port] != 401:  # a plain request refused: maybe a TLS server
+        tls_ports.add(port)
+        if get(port, "not-the-key") == 401:
+            baseline[port] = 401
+        else:
+            tls_ports.discard(port)
 tries = 0
 opened = []
 for port in ports:
@@ -773,7 +788,8 @@ async def test_session_key_never_reaches_the_agent(
     that the real key is in none of them (the key never goes into the
     sandbox). Then the agent tries every candidate of 16 to 128 characters as
     ``X-Session-API-Key`` on every listening TCP port (from
-    /proc/net/tcp{,6}): every answer must be 401.
+    /proc/net/tcp{,6}; over TLS where a plain request is refused, trusting any
+    certificate): every answer must be 401.
     """
     config = make_config(oci_runtime=oci_runtime, **_mounted(workspace))
     async with make_runtime(stream, config, session_id=session_id()) as rt:
