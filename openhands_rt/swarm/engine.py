@@ -28,6 +28,7 @@ __all__ = [
     "NO_AUTH",
     "RegistryAuth",
     "auth_header",
+    "copy_image",
     "create_secret",
     "distribute_image",
     "engine_events",
@@ -155,7 +156,7 @@ async def remove_service(
             pass
 
 
-async def _copy_image(source: aiodocker.Docker, target: aiodocker.Docker, image: str) -> None:
+async def copy_image(source: aiodocker.Docker, target: aiodocker.Docker, image: str) -> None:
     """Copy ``image`` from one engine to another (save → load, streamed)."""
     async with (
         engine_request(source, f"images/{image}/get") as saved,
@@ -230,7 +231,7 @@ async def distribute_image(
         if await _has_image(manager, image_id) is None:
             if manager_id == await _engine_id(local):
                 raise NotFound(f"the image {image} vanished from the engine")
-            await _copy_image(local, manager, image_id)
+            await copy_image(local, manager, image_id)
         if image.startswith("sha256:") or "@" in image:
             repository, tag = "openhands-rt/image", image_id.removeprefix("sha256:")[:12]
         else:

@@ -234,23 +234,31 @@ def echo(action_id: int, text: str) -> CmdRunAction:
     return msgspec.structs.replace(CmdRunAction(f"echo {text}"), id=action_id)
 
 
-async def test_a_pinned_client_runs_an_action_over_tls(
-    server: Server, identity: ServerIdentity
-) -> None:
-    answers = Answers(cause=1)
+async def pinned_echo(
+    server: Server, identity: ServerIdentity, cause: int, text: str
+) -> CmdOutputObservation:
+    """``echo text`` through a ChannelClient pinned to ``identity``; its observation."""
+    answers = Answers(cause=cause)
     client = ChannelClient(
         server.wss_url,
         api_key=KEY,
-        client_id="pinned",
+        client_id=f"pinned-{cause}",
         on_event=answers,
         ssl_context=pinned_context(identity.cert_pem),
         server_hostname=identity.server_name,
     )
     async with client:
-        await client.send(echo(1, "through-tls"))
+        await client.send(echo(cause, text))
         await asyncio.wait_for(answers.done.wait(), 30)
     observation = answers.events[-1]
     assert isinstance(observation, CmdOutputObservation)
+    return observation
+
+
+async def test_a_pinned_client_runs_an_action_over_tls(
+    server: Server, identity: ServerIdentity
+) -> None:
+    observation = await pinned_echo(server, identity, 1, "through-tls")
     assert observation.content.strip() == "through-tls"
     assert observation.exit_code == 0
 
@@ -263,20 +271,7 @@ async def test_the_channel_ignores_the_environments_proxy(
         monkeypatch.setenv(variable, "http://127.0.0.1:9")
     for variable in ("no_proxy", "NO_PROXY"):
         monkeypatch.delenv(variable, raising=False)
-    answers = Answers(cause=2)
-    client = ChannelClient(
-        server.wss_url,
-        api_key=KEY,
-        client_id="unproxied",
-        on_event=answers,
-        ssl_context=pinned_context(identity.cert_pem),
-        server_hostname=identity.server_name,
-    )
-    async with client:
-        await client.send(echo(2, "no-proxy"))
-        await asyncio.wait_for(answers.done.wait(), 30)
-    observation = answers.events[-1]
-    assert isinstance(observation, CmdOutputObservation)
+    observation = await pinned_echo(server, identity, 2, "no-proxy")
     assert observation.content.strip() == "no-proxy"
 
 

@@ -28,7 +28,6 @@ of a session that could not unwind).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -42,16 +41,23 @@ from pathlib import Path
 from typing import Any
 
 import aiodocker
-import aiohttp
 import anyio
 from aiodocker.exceptions import DockerError
 from aiodocker.volumes import DockerVolume
 from node_image import NODE_SOCKET_DIR, ensure_node_image
 from registry_process import RegistryProcess, start_registry
 
+from openhands_rt.docker.engine import EngineError
 from openhands_rt.docker.lifecycle import demultiplex_lines
 from openhands_rt.docker_client import open_docker
-from openhands_rt.swarm.engine import RegistryAuth, auth_header
+from openhands_rt.swarm.engine import (
+    RegistryAuth,
+    auth_header,
+    copy_image,
+    engine_events,
+    engine_request,
+    read_json_stream,
+)
 
 __all__ = [
     "NAME_PREFIX",
@@ -71,39 +77,6 @@ logger = logging.getLogger(__name__)
 RUN_LABEL = "org.openhands-rt.test-run"
 #: Every container, network and volume of a cluster is named ``NAME_PREFIX + run id + ...``.
 NAME_PREFIX = "ohrt-test-swarm-"
-_NO_TIMEOUT = aiohttp.ClientTimeout()
-_CHUNK = 1 << 20
-
-
-@asynccontextmanager
-async def engine_request(
-    docker: aiodocker.Docker, path: str, method: str = "GET", **kwargs: Any
-) -> AsyncIterator[aiohttp.ClientResponse]:
-    """``docker._query`` whose response is released on the way out: aiodocker leaves
-    that to the caller, and a stream left before its end would keep its connection."""
-    async with docker._query(path, method, timeout=_NO_TIMEOUT, **kwargs) as response:
-        try:
-            yield response
-        finally:
-            response.release()
-
-
-@asynccontextmanager
-async def engine_events(
-    docker: aiodocker.Docker, filters: Mapping[str, Sequence[str]]
-) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-    """The engine's event stream (``GET /events``), subscribed when this is entered:
-    whatever happens after ``async with`` is in it."""
-    async with engine_request(
-        docker, "events", params={"filters": json.dumps(filters)}
-    ) as response:
-
-        async def items() -> AsyncIterator[dict[str, Any]]:
-            async for raw in response.content:
-                if raw.strip():
-                    yield json.loads(raw)
-
-        yield items()
 
 
 @dataclass
@@ -187,7 +160,7 @@ class SwarmCluster:
         """Copy ``image`` from the host's engine into node ``index`` (save → load);
         the image's id."""
         async with open_docker() as host, self.engine(index) as engine:
-            await _copy_image(host, engine, image)
+            await copy_image(host, engine, image)
             return str((await engine.images.inspect(image))["Id"])
 
     async def push(self, image: str, repository: str, tag: str) -> str:
@@ -196,26 +169,28 @@ class SwarmCluster:
         ref = f"{self.registry}/{repository}"
         async with self.engine(1) as engine:
             await engine.images.tag(image, ref, tag=tag)
-            await _stream_or_raise(
+            async with engine_request(
                 engine,
                 f"images/{ref}/push",
                 "POST",
                 params={"tag": tag},
                 headers={"X-Registry-Auth": auth_header(self.registry_auth, self.registry)},
-            )
+            ) as response:
+                await read_json_stream(response)
         return f"{ref}:{tag}"
 
     async def pull(self, index: int, ref: str) -> dict[str, Any]:
         """Pull ``ref`` (``REGISTRY/repository:tag``) on node ``index``; its inspect data."""
         repository, _, tag = ref.rpartition(":")
         async with self.engine(index) as engine:
-            await _stream_or_raise(
+            async with engine_request(
                 engine,
                 "images/create",
                 "POST",
                 params={"fromImage": repository, "tag": tag},
                 headers={"X-Registry-Auth": auth_header(self.registry_auth, self.registry)},
-            )
+            ) as response:
+                await read_json_stream(response)
             return dict(await engine.images.inspect(ref))
 
 
@@ -240,39 +215,6 @@ async def _until(
         if done(nodes):
             return nodes
     raise RuntimeError("the manager's event stream ended")
-
-
-async def _stream_or_raise(
-    docker: aiodocker.Docker,
-    path: str,
-    method: str,
-    *,
-    params: Mapping[str, str] | None = None,
-    headers: Mapping[str, str] | None = None,
-    data: Any = None,
-) -> None:
-    """Run an endpoint that answers with a JSON progress stream; raise on its error item."""
-    async with engine_request(
-        docker, path, method, params=params, headers=headers, data=data
-    ) as response:
-        async for raw in response.content:
-            if raw.strip():
-                item = json.loads(raw)
-                if "error" in item or "errorDetail" in item:
-                    detail = item.get("errorDetail") or {}
-                    raise RuntimeError(f"{path}: {detail.get('message') or item.get('error')}")
-
-
-async def _copy_image(source: aiodocker.Docker, target: aiodocker.Docker, image: str) -> None:
-    async with engine_request(source, f"images/{image}/get") as saved:
-        await _stream_or_raise(
-            target,
-            "images/load",
-            "POST",
-            params={"quiet": "1"},
-            headers={"Content-Type": "application/x-tar"},
-            data=saved.content.iter_chunked(_CHUNK),
-        )
 
 
 async def _start_node(host: aiodocker.Docker, node: SwarmNode) -> None:
@@ -418,7 +360,10 @@ async def _leave_swarm(cluster: SwarmCluster) -> None:
     for node in reversed(cluster.nodes):
         if not node.swarm_id:
             continue
-        with anyio.move_on_after(10), contextlib.suppress(DockerError, OSError, RuntimeError):
+        with (
+            anyio.move_on_after(10),
+            contextlib.suppress(DockerError, EngineError, OSError, RuntimeError),
+        ):
             async with open_docker(node.docker_host) as engine:
                 await engine.swarm.leave(force=True)
 

@@ -33,6 +33,7 @@ from cluster import (
 )
 from registry_process import basic_auth
 
+from openhands_rt.docker.engine import NotFound
 from openhands_rt.swarm.engine import auth_header
 
 pytestmark = [
@@ -420,7 +421,7 @@ async def test_a_setup_that_fails_half_way_leaves_nothing_behind(
     label = f"{RUN_LABEL}={run_id}"
     # The image to load does not exist: setup fails after the network, the registry
     # and the node exist; the exit stack must undo them.
-    with pytest.raises(DockerError):
+    with pytest.raises(NotFound):
         async with open_swarm_cluster(
             run_id=run_id,
             labels={RUN_LABEL: run_id},
