@@ -117,6 +117,21 @@ async def engine_events(
         yield items()
 
 
+async def wait_for_line(
+    manager: aiodocker.Docker, service_id: str | None, prefix: bytes, heard: anyio.Event
+) -> None:
+    """Set ``heard`` once a line of the service's standard output starts with ``prefix``
+    (its log followed through the manager: the tasks made later are in it too)."""
+    params = {"follow": "1", "stdout": "1", "stderr": "0"}
+    async with engine_request(manager, f"services/{service_id}/logs", params=params) as response:
+        buffer = b""
+        async for data in response.content.iter_any():
+            buffer += data
+            if any(line.startswith(prefix) for line in demultiplex_lines(buffer)):
+                heard.set()
+                return
+
+
 async def read_json_stream(response: aiohttp.ClientResponse) -> list[dict[str, Any]]:
     """Every item of a JSON progress stream; an error item raises :class:`EngineError`."""
     items = []

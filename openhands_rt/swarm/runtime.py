@@ -345,7 +345,13 @@ class SwarmRuntime(EventStreamRuntime):
         try:
             with anyio.fail_after(timeout):
                 async with anyio.create_task_group() as group:
-                    group.start_soon(self._read_ready_line, heard)
+                    group.start_soon(
+                        swarm_engine.wait_for_line,
+                        self._manager_client(),
+                        self.service_id,
+                        READY_LINE_PREFIX.encode(),
+                        heard,
+                    )
                     delay = _FIRST_LOOK
                     while True:
                         last = await self._task()
@@ -375,19 +381,6 @@ class SwarmRuntime(EventStreamRuntime):
         self.task_id = str(last["ID"])
         return last
 
-    async def _read_ready_line(self, heard: anyio.Event) -> None:
-        params = {"follow": "1", "stdout": "1", "stderr": "0"}
-        ready = READY_LINE_PREFIX.encode()
-        async with swarm_engine.engine_request(
-            self._manager_client(), f"services/{self.service_id}/logs", params=params
-        ) as response:
-            buffer = b""
-            async for data in response.content.iter_any():
-                buffer += data
-                if any(line.startswith(ready) for line in lifecycle.demultiplex_lines(buffer)):
-                    heard.set()
-                    return
-
     async def _endpoint_from(
         self, task: Mapping[str, Any], api_key: str, cert_pem: str
     ) -> SandboxEndpoint:
@@ -406,6 +399,10 @@ class SwarmRuntime(EventStreamRuntime):
             server_name=spec.server_name(self.service_name),
         )
         return self.endpoint
+
+    async def _change_session(self, session_id: str) -> None:
+        # The service's name is its session's (found by it, claimed by its creation).
+        raise SandboxError("a swarm sandbox keeps its session id (hand over with client_id)")
 
     # ------------------------------------------------------------------ snapshots
 

@@ -187,6 +187,10 @@ async def test_the_channel_is_tls_with_the_sandboxs_own_certificate(
                 ):
                     pass
         assert (await sh(rt, "echo still fine")).content.strip() == "still fine"
+        # The service is named for its session: a hand-over keeps it.
+        async with EventStream() as other:
+            with pytest.raises(SandboxError, match="keeps its session id"):
+                await rt.hand_over(other, session_id="another-session")
 
 
 async def test_sandboxes_spread_over_the_three_nodes(
