@@ -33,6 +33,7 @@ __all__ = [
     "distribute_image",
     "engine_events",
     "engine_request",
+    "push_image",
     "read_json_stream",
     "remove_service",
     "service_log_tail",
@@ -254,16 +255,26 @@ async def distribute_image(
         target = f"{registry}/{repository}"
         with translated():
             await manager.images.tag(image_id, target, tag=tag)
-        async with engine_request(
-            manager,
-            f"images/{target}/push",
-            "POST",
-            params={"tag": tag},
-            headers={"X-Registry-Auth": header},
-        ) as response:
-            items = await read_json_stream(response)
-        digests = [i["aux"]["Digest"] for i in items if "Digest" in (i.get("aux") or {})]
-        if not digests:
-            raise EngineError(f"pushing {target}:{tag} reported no digest")
-        _pushed[key] = f"{target}@{digests[-1]}"
+        _pushed[key] = await push_image(manager, target, tag, auth_header=header)
         return _pushed[key]
+
+
+async def push_image(
+    engine: aiodocker.Docker, repository: str, tag: str, *, auth_header: str
+) -> str:
+    """Push ``repository:tag`` (``REGISTRY/…``) from ``engine``; ``repository@digest``.
+
+    Raises :class:`EngineError` when the push fails or reports no digest.
+    """
+    async with engine_request(
+        engine,
+        f"images/{repository}/push",
+        "POST",
+        params={"tag": tag},
+        headers={"X-Registry-Auth": auth_header},
+    ) as response:
+        items = await read_json_stream(response)
+    digests = [i["aux"]["Digest"] for i in items if "Digest" in (i.get("aux") or {})]
+    if not digests:
+        raise EngineError(f"pushing {repository}:{tag} reported no digest")
+    return f"{repository}@{digests[-1]}"

@@ -60,6 +60,7 @@ async def list_swarm_sandboxes(
             continue
         service_labels = spec.get("Labels") or {}
         owner = str(service_labels.get(LABEL_OWNER, ""))
+        alive = owner_alive(owner)
         image = ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image", "")
         run_dir = service_labels.get(LABEL_HOST_DIR)
         found.append(
@@ -72,9 +73,9 @@ async def list_swarm_sandboxes(
                 image=str(image),
                 keep_alive=service_labels.get(LABEL_KEEP_ALIVE) == "true",
                 owner=owner,
-                owner_alive=owner_alive(owner),
+                owner_alive=alive,
                 version=str(service_labels.get(LABEL_VERSION, "")),
-                host_dirs=(str(run_dir),) if run_dir and owner_alive(owner) is not None else (),
+                host_dirs=(str(run_dir),) if run_dir and alive is not None else (),
             )
         )
     return found

@@ -185,22 +185,17 @@ async def take(
         finally:
             with anyio.CancelScope(shield=True), translated():
                 await container.unpause()
-        async with swarm_engine.engine_request(
+        image = await swarm_engine.push_image(
             node,
-            f"images/{repository}/push",
-            "POST",
-            params={"tag": snapshot_id},
-            headers={"X-Registry-Auth": swarm_engine.auth_header(auth, registry)},
-        ) as response:
-            items = await swarm_engine.read_json_stream(response)
+            repository,
+            snapshot_id,
+            auth_header=swarm_engine.auth_header(auth, registry),
+        )
     except EngineError as exc:
         raise SandboxError(f"snapshot of sandbox {session_id} failed: {exc.message}") from exc
-    digests = [i["aux"]["Digest"] for i in items if "Digest" in (i.get("aux") or {})]
-    if not digests:
-        raise SandboxError(f"snapshot of sandbox {session_id}: the push reported no digest")
     record = SwarmSnapshot(
         snapshot_id=snapshot_id,
-        image=f"{repository}@{digests[-1]}",
+        image=image,
         registry=registry,
         event_id=event_id,
         session_id=session_id,

@@ -56,6 +56,7 @@ from openhands_rt.swarm.engine import (
     copy_image,
     engine_events,
     engine_request,
+    push_image,
     read_json_stream,
 )
 
@@ -169,14 +170,9 @@ class SwarmCluster:
         ref = f"{self.registry}/{repository}"
         async with self.engine(1) as engine:
             await engine.images.tag(image, ref, tag=tag)
-            async with engine_request(
-                engine,
-                f"images/{ref}/push",
-                "POST",
-                params={"tag": tag},
-                headers={"X-Registry-Auth": auth_header(self.registry_auth, self.registry)},
-            ) as response:
-                await read_json_stream(response)
+            await push_image(
+                engine, ref, tag, auth_header=auth_header(self.registry_auth, self.registry)
+            )
         return f"{ref}:{tag}"
 
     async def pull(self, index: int, ref: str) -> dict[str, Any]:
