@@ -1,5 +1,12 @@
 """Action latency through LocalRuntime.run(): stream -> channel -> server -> bash -> stream.
 
+``echo hi`` is measured against the floor (``benchmarks/_floor.py``): a bash
+round trip on a PTY plus a WebSocket round trip (websockets client, aiohttp
+server), one sample of each per iteration interleaved with ours, so load hits
+all three alike. The ratio is our p50 over the sum of the floor's p50s; the
+target (issue 20) is 1.25. The 1 KB read has no such floor (it is a file
+read plus the same WebSocket round trip): its target is 0.1 ms.
+
 Run: uv run python benchmarks/action_latency.py [--n 2000]
 """
 
@@ -7,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import tempfile
 import time
@@ -14,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _floor import Floor
 from _util import percentiles_ms, rss_mb
 
 from events import CmdOutputChunk, CmdRunAction, Event, EventStream, FileReadAction, FileWriteAction
@@ -30,6 +39,30 @@ async def timed(rt: LocalRuntime, make: object, n: int) -> list[float]:
     return samples
 
 
+async def echo_against_floor(rt: LocalRuntime, n: int) -> None:
+    """``echo hi`` through rt.run, interleaved with the floor's bash and WebSocket round trips."""
+    ours: list[float] = []
+    bash: list[float] = []
+    ws: list[float] = []
+    async with Floor() as floor:
+        for _ in range(50):  # warm the floor's paths too
+            await floor.sample()
+        for _ in range(n):
+            t0 = time.perf_counter()
+            await rt.run(CmdRunAction("echo hi"))
+            ours.append(time.perf_counter() - t0)
+            bash_s, ws_s = await floor.sample()
+            bash.append(bash_s)
+            ws.append(ws_s)
+    floor_s = statistics.median(bash) + statistics.median(ws)
+    print(f"{'floor: bash on a PTY':<26} {percentiles_ms(bash)}")
+    print(f"{'floor: WebSocket echo':<26} {percentiles_ms(ws)}")
+    print(f"{'echo hi':<26} {percentiles_ms(ours)}")
+    ratio = statistics.median(ours) / floor_s
+    floor_ms = floor_s * 1000
+    print(f"{'echo hi / floor':<26} {ratio:8.2f}x  (floor p50 {floor_ms:.3f} ms; target <= 1.25x)")
+
+
 async def main(n: int) -> None:
     with tempfile.TemporaryDirectory() as work:
         Path(work, "1k.txt").write_text("x" * 1023 + "\n")
@@ -40,8 +73,8 @@ async def main(n: int) -> None:
             await asyncio.sleep(0.5)
             print(f"idle server RSS            {rss_mb(rt.process.pid):8.1f} MB")
             await timed(rt, lambda: CmdRunAction("echo hi"), 200)  # warm up
+            await echo_against_floor(rt, n)
             cases = [
-                ("echo hi", lambda: CmdRunAction("echo hi"), n),
                 ("1 KB file read", lambda: FileReadAction("1k.txt"), n),
                 ("1 MB write", lambda: FileWriteAction("1m.txt", "y" * (1 << 20)), 50),
                 ("1 MB read", lambda: FileReadAction("1m.txt"), 50),

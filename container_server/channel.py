@@ -198,7 +198,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed.
         max_msg_size=state.settings.max_frame_bytes + 1,
-        heartbeat=30.0,
+        # No server heartbeat: aiohttp schedules a timer reset for every frame received,
+        # a loop callback per action. The client pings (20 s) and notices a dead server;
+        # a dead client's connection is replaced when it reconnects, and its results
+        # stay cached either way.
+        heartbeat=None,
         compress=False,
     )
     await ws.prepare(request)

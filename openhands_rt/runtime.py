@@ -449,15 +449,34 @@ class EventStreamRuntime:
             if isinstance(stored, ACTION_TYPES):
                 self._dispatched.add(stored.id)
                 await self._channel.send(stored)
-            # Not `await future`: cancelling us would cancel the future with us, and the
-            # interrupt below waits for it to be answered.
-            await asyncio.wait([future])
-            return future.result()
+            # Awaited directly (asyncio.wait would cost a callback and a future more per
+            # action): a cancellation cancels the future with us, and the interrupt below
+            # waits for the answer on the one _answer_after_cancel puts in its place.
+            return await future
         except asyncio.CancelledError:
-            await self._interrupt(stored, future)
+            await self._interrupt(stored, self._answer_after_cancel(stored.id, future))
             raise
         finally:
             self._waiters.pop(stored.id, None)
+
+    def _answer_after_cancel(
+        self, action_id: int, future: asyncio.Future[Observation]
+    ) -> asyncio.Future[Observation]:
+        """The future that gets ``action_id``'s answer now that run() was cancelled.
+
+        ``future`` itself when it was not cancelled (answered already, or the
+        cancellation came before run() waited on it); else whatever
+        :meth:`_on_channel_event` put in its place meanwhile (an answer that came
+        after the cancellation), else a fresh one in ``_waiters``.
+        """
+        if not future.cancelled():
+            return future
+        current = self._waiters.get(action_id)
+        if current is not None and current is not future:
+            return current
+        fresh: asyncio.Future[Observation] = asyncio.get_running_loop().create_future()
+        self._waiters[action_id] = fresh
+        return fresh
 
     async def shell_state(self) -> ShellState:
         """The sandbox shell's working directory and exported environment, between actions.
@@ -538,8 +557,17 @@ class EventStreamRuntime:
             case CmdOutputChunk() | Action() | OpenHandsEvent():
                 pass  # a chunk on the way, or no answer: nobody waits for it
             case Observation():
-                future = self._waiters.get(answered.cause) if answered.cause is not None else None
-                if future is not None and not future.done():
+                cause = answered.cause
+                future = self._waiters.get(cause) if cause is not None else None
+                if future is None:
+                    return
+                if future.cancelled():
+                    # run() was cancelled and has not yet asked for the answer: keep it
+                    # for the interrupt's wait (_answer_after_cancel).
+                    assert cause is not None
+                    future = asyncio.get_running_loop().create_future()
+                    self._waiters[cause] = future
+                if not future.done():
                     future.set_result(answered)
             case _:
                 assert_never(answered)

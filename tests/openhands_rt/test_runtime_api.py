@@ -85,6 +85,29 @@ async def test_cancelling_run_interrupts_the_command(tmp_path: Path) -> None:
         assert time.monotonic() - started < 5
 
 
+async def test_an_answer_that_comes_with_the_cancellation_is_kept(tmp_path: Path) -> None:
+    """run() awaits its future directly, so a cancellation cancels it; an answer that
+    arrives after the cancel but before run() handles it must still count as the answer
+    (no interrupt is sent for an action that was answered)."""
+    async with (
+        EventStream() as stream,
+        LocalRuntime(stream, config(tmp_path), session_id="late-answer") as rt,
+    ):
+        task = asyncio.create_task(rt.run(CmdRunAction("sleep 1000", blocking=True)))
+        async for sleep in stream.follow():
+            if getattr(sleep, "command", "") == "sleep 1000":
+                break
+        await asyncio.sleep(0.2)  # run() has sent it and waits on its future now
+        task.cancel()
+        # In the same loop iteration, before run() sees its cancellation: the answer.
+        rt._on_channel_event(CmdOutputObservation("late", command="sleep 1000", cause=sleep.id))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        answers = [e for e in stream.iter_events() if e.cause == sleep.id]
+        assert [a.content for a in answers] == ["late"]
+        assert not any(getattr(e, "command", "") == "C-c" for e in stream.iter_events())
+
+
 async def test_a_cancelled_task_group_interrupts_its_commands(tmp_path: Path) -> None:
     async with (
         EventStream() as stream,
