@@ -5,9 +5,13 @@ PTY (write the command, read its output up to the next prompt) plus one
 WebSocket round trip between the host's client and the sandbox's server. The
 floor measures both with the same libraries we use (a websockets client, an
 aiohttp server) and nothing of ours: :class:`Floor` holds a bash on a PTY and
-an echoing WebSocket, and :meth:`Floor.sample` times one of each, so a
-benchmark can take one sample of the floor per iteration, interleaved with its
-own, and load hits all of them alike.
+an echoing WebSocket server in a process of its own (as the sandbox's server
+is: the round trip crosses processes, as ours does), and :meth:`Floor.sample`
+times one of each, so a benchmark can take one sample of the floor per
+iteration, interleaved with its own, and load hits all of them alike.
+
+Run as a script, this module is that echo server: it prints its port, then
+serves until stdin closes.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import contextlib
 import os
 import pty
 import signal
+import sys
 import time
 from types import TracebackType
 
@@ -33,7 +38,7 @@ class Floor:
         self._pid = -1
         self._fd = -1
         self._readable: asyncio.Queue[bytes] = asyncio.Queue()
-        self._runner: web.AppRunner | None = None
+        self._server: asyncio.subprocess.Process | None = None
         self._client: websockets.ClientConnection | None = None
 
     async def __aenter__(self) -> Floor:
@@ -49,13 +54,11 @@ class Floor:
         await self._until_prompt()  # the first prompt
         await self._run_bash(b"stty -echo\n")
 
-        app = web.Application()
-        app.router.add_get("/ws", _echo)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
+        self._server = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        assert self._server.stdout is not None
+        port = int(await self._server.stdout.readline())
         self._client = await websockets.connect(
             f"ws://127.0.0.1:{port}/ws", compression=None, proxy=None
         )
@@ -69,8 +72,10 @@ class Floor:
     ) -> None:
         if self._client is not None:
             await self._client.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._server is not None:
+            assert self._server.stdin is not None
+            self._server.stdin.close()
+            await self._server.wait()
         if self._fd >= 0:
             asyncio.get_running_loop().remove_reader(self._fd)
             os.close(self._fd)
@@ -131,3 +136,20 @@ async def _echo(request: web.Request) -> web.WebSocketResponse:
         elif message.type is WSMsgType.TEXT:
             await ws.send_str(message.data)
     return ws
+
+
+async def _serve() -> None:
+    app = web.Application()
+    app.router.add_get("/ws", _echo)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print(runner.addresses[0][1], flush=True)
+    # Until the benchmark closes our stdin (or dies).
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await runner.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve())
