@@ -13,10 +13,17 @@ base it had before the root existed)::
         ├── LogLockedError          another process holds the log
         ├── LogClosedError          the log was closed
         └── LogWriteError           a write or fsync failed (disk full, I/O error)
+
+The stream's names (``EventStream``, ``Subscription``) are imported on first use
+(PEP 562): the action server needs the models and the codec only, and its idle
+memory does not pay for the stream, its log and its delivery.
 """
+
+from typing import TYPE_CHECKING
 
 from events.codec import EventDecodeError, decode_event, encode_event
 from events.errors import EventsError
+from events.lazy import lazy_exports
 from events.models import (
     Action,
     CmdOutputChunk,
@@ -40,7 +47,9 @@ from events.models import (
     RuntimeStatusObservation,
     SnapshotObservation,
 )
-from events.stream import EventStream, Subscription
+
+if TYPE_CHECKING:
+    from events.stream import EventStream, Subscription
 
 __all__ = [
     "Action",
@@ -71,3 +80,7 @@ __all__ = [
     "decode_event",
     "encode_event",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    globals(), {"EventStream": "events.stream", "Subscription": "events.stream"}
+)

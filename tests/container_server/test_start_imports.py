@@ -3,7 +3,9 @@
 Each of these was a measurable part of a sandbox's start (benchmarks/start_path.py):
 the plugin discovery's importlib.metadata (read only when plugins are asked for),
 the transfer package's tar machinery (imported by the upload/download/files
-handlers), the Jupyter plugin and the OpenAPI description.
+handlers), the Jupyter plugin and the OpenAPI description. The event stream, its
+log and its delivery, and the seccomp filter (installed by a root server only) are
+left out for the idle server's memory (benchmarks/idle_memory.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ LEFT_OUT = (
     "container_server.jupyter",
     "container_server.openapi",
     "container_server.agent_skills",
+    "container_server.seccomp",
+    "events.stream",
+    "events.log",
+    "events.delivery",
 )
 
 ENTRY_POINT = """
@@ -57,3 +63,17 @@ def test_the_handlers_import_the_transfer_names_they_use() -> None:
     assert callable(transfer.tar_stream)
     assert callable(transfer.list_dir)
     assert routes.TransferError is transfer.TransferError
+
+
+def test_the_events_package_imports_the_stream_when_asked_for() -> None:
+    code = (
+        "import json, sys, events; before = 'events.stream' in sys.modules; "
+        "from events import EventStream, Subscription; "
+        "import events.stream as home; "
+        "print(json.dumps([before, EventStream is home.EventStream, "
+        "Subscription is home.Subscription, 'EventStream' in dir(events)]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert json.loads(result.stdout) == [False, True, True, True]
