@@ -3,8 +3,10 @@
 - cold start: the runtime image exists; ``DockerRuntime.connect()`` (create and start
   the container, wait for the server, open the channel) plus the first ``echo hi``,
   i.e. the time an agent waits for its first observation;
-- ``echo hi``: ``run()`` round trips through one warm sandbox (stream -> channel ->
-  published port -> server -> bash -> stream);
+- ``echo hi``: ``run()`` round trips through a warm sandbox of each channel (``tcp``:
+  the published port, through docker-proxy; ``unix``: the run directory's socket),
+  interleaved with the floor (the host's own bash + WebSocket round trips), with
+  issue 20's targets (runc p50 <= 0.3 ms, runsc <= 1.0 ms);
 - the same two under gVisor (``oci_runtime="runsc"``) when the engine has it;
 - N concurrent sandboxes started with ``asyncio.gather`` (each to its first
   observation), then left idle: the memory each one's cgroup charges, and what
@@ -14,7 +16,7 @@ Every container carries a run label and everything carrying it is removed at the
 end, also after a failure or Ctrl-C; the last line checks that none is left.
 
 Run: uv run python benchmarks/docker_runtime.py [--starts 7] [--n 1000] [--concurrency 10 30]
-     [--mode build|mount]
+     [--mode build|mount] [--echo-only]
 Needs a running Docker engine and the base image (openhands-rt base-image bootstrap).
 """
 
@@ -34,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _floor import Floor
 from _util import percentiles_ms, remove_labelled_containers, rss_mb
 
 from events import CmdOutputObservation, CmdRunAction, EventStream
@@ -114,17 +117,46 @@ async def cold_starts(bench: Bench, n: int, **overrides: Any) -> list[float]:
     return samples
 
 
-async def echo_latency(bench: Bench, n: int, **overrides: Any) -> list[float]:
+ECHO_TARGET_MS = {"runc": 0.3, "runsc": 1.0}  # issue 20
+
+
+async def echo_latency(bench: Bench, n: int, oci_runtime: str) -> None:
+    """``echo hi`` through a tcp and a unix channel sandbox and the floor, interleaved.
+
+    One sample of each per iteration, so load hits all alike. The floor is the
+    host's own bash round trip plus a WebSocket echo (``benchmarks/_floor.py``):
+    what an echo costs with no container at all.
+    """
     async with AsyncExitStack() as stack:
-        runtime = await bench.start(stack, bench.config(**overrides))
+        runtimes = {
+            channel: await bench.start(
+                stack, bench.config(oci_runtime=oci_runtime, channel=channel)
+            )
+            for channel in ("tcp", "unix")
+        }
+        floor = await stack.enter_async_context(Floor())
         for _ in range(200):
-            await echo(runtime)
-        samples = []
+            for runtime in runtimes.values():
+                await echo(runtime)
+            await floor.sample()
+        samples: dict[str, list[float]] = {channel: [] for channel in runtimes}
+        floor_samples: list[float] = []
         for _ in range(n):
-            t0 = time.perf_counter()
-            await echo(runtime)
-            samples.append(time.perf_counter() - t0)
-        return samples
+            for channel, runtime in runtimes.items():
+                t0 = time.perf_counter()
+                await echo(runtime)
+                samples[channel].append(time.perf_counter() - t0)
+            floor_samples.append(sum(await floor.sample()))
+    target = ECHO_TARGET_MS.get(oci_runtime)
+    floor_p50 = statistics.median(floor_samples)
+    for channel, values in samples.items():
+        label = f"echo hi ({oci_runtime}, {channel})"
+        p50 = statistics.median(values)
+        print(
+            f"{label:<27} {percentiles_ms(values)}   {p50 / floor_p50:.2f}x the floor"
+            + (f", target p50 <= {target} ms" if target is not None else "")
+        )
+    print(f"{'  floor (no container)':<27} {percentiles_ms(floor_samples)}")
 
 
 def _cgroup_memory(container_id: str) -> dict[str, int] | None:
@@ -276,16 +308,17 @@ async def bench_all(args: argparse.Namespace) -> None:
             f"{time.perf_counter() - t0:.2f} s)"
         )
         bench = Bench(result.image)
-    print(f"cold start (runc)           {p50_p90_ms(await cold_starts(bench, args.starts))}")
-    print(f"echo hi (runc)              {percentiles_ms(await echo_latency(bench, args.n))}")
+    if not args.echo_only:
+        print(f"cold start (runc)           {p50_p90_ms(await cold_starts(bench, args.starts))}")
+    await echo_latency(bench, args.n, "runc")
     if args.runsc and "runsc" in await engine_runtimes():
-        starts = await cold_starts(bench, args.starts, oci_runtime="runsc")
-        print(f"cold start (runsc)          {p50_p90_ms(starts)}")
-        echoes = await echo_latency(bench, args.n, oci_runtime="runsc")
-        print(f"echo hi (runsc)             {percentiles_ms(echoes)}")
+        if not args.echo_only:
+            starts = await cold_starts(bench, args.starts, oci_runtime="runsc")
+            print(f"cold start (runsc)          {p50_p90_ms(starts)}")
+        await echo_latency(bench, args.n, "runsc")
     elif args.runsc:
         print("runsc                       not registered with this engine: skipped")
-    for n in args.concurrency:
+    for n in [] if args.echo_only else args.concurrency:
         await concurrent(bench, n)
 
 
@@ -312,6 +345,7 @@ if __name__ == "__main__":
     parser.add_argument("--n", type=int, default=1000, help="echo hi round trips to time")
     parser.add_argument("--concurrency", type=int, nargs="*", default=[10, 30])
     parser.add_argument("--no-runsc", dest="runsc", action="store_false")
+    parser.add_argument("--echo-only", action="store_true", help="only the echo rows")
     parser.add_argument(
         "--mode",
         choices=("build", "mount"),
