@@ -7,7 +7,7 @@ all three alike. The ratio is our p50 over the sum of the floor's p50s; the
 target (issue 20) is 1.25. The 1 KB read has no such floor (it is a file
 read plus the same WebSocket round trip): its target is 0.1 ms.
 
-Run: uv run python benchmarks/action_latency.py [--n 2000]
+Run: uv run python benchmarks/action_latency.py [--n 2000] [--uvloop]
 """
 
 from __future__ import annotations
@@ -123,4 +123,15 @@ async def main(n: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=2000)
-    asyncio.run(main(parser.parse_args().n))
+    parser.add_argument(
+        "--uvloop",
+        action="store_true",
+        help="run this side (the host's runtime and the floor's client) on uvloop",
+    )
+    args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+
+        uvloop.run(main(args.n))
+    else:
+        asyncio.run(main(args.n))
