@@ -12,7 +12,6 @@ and a writer that fails for any reason but a gone peer fails the handler.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import assert_never
@@ -171,22 +170,12 @@ async def _send_all(ws: web.WebSocketResponse, outbox: Outbox, max_bytes: int) -
         event = await outbox.get()
         if event is None:
             return
-        frames = [_encode_bounded(event, max_bytes)]
-        # Drain whatever else is queued so a burst of chunks costs one wake-up.
-        done = False
-        while True:
-            try:
-                more = outbox.get_nowait()
-            except asyncio.QueueEmpty:
-                break
+        await ws.send_bytes(_encode_bounded(event, max_bytes))
+        # Then whatever else is queued, so a burst of chunks costs one wake-up.
+        for more in outbox.take_queued():
             if more is None:
-                done = True
-                break
-            frames.append(_encode_bounded(more, max_bytes))
-        for frame in frames:
-            await ws.send_bytes(frame)
-        if done:
-            return
+                return
+            await ws.send_bytes(_encode_bounded(more, max_bytes))
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:

@@ -104,6 +104,11 @@ class Outbox:
         """The next frame if one is queued (raises asyncio.QueueEmpty otherwise)."""
         return self._queue.get_nowait()
 
+    def take_queued(self) -> list[Event | ControlReply | None]:
+        """Every frame queued now, in order (a None among them: closed), without waiting."""
+        queue = self._queue
+        return [queue.get_nowait() for _ in range(queue.qsize())]
+
 
 class ChannelHub:
     """Routes actions from connections to the executor, exactly once per (client, id)."""
