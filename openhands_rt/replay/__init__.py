@@ -25,6 +25,7 @@ Error tree::
 from events.wire import is_runnable
 from openhands_rt.replay.errors import ReplayError, ReplayInputError, ReplayMismatchError
 from openhands_rt.replay.execute import (
+    MAX_IN_FLIGHT,
     ReplayResult,
     StepReport,
     replay,
@@ -55,6 +56,7 @@ from openhands_rt.replay.verify import (
 from openhands_rt.replay.workspace import WORKSPACE, map_action_paths
 
 __all__ = [
+    "MAX_IN_FLIGHT",
     "REPLAY_MISMATCH_ERROR_ID",
     "WORKSPACE",
     "Divergence",
