@@ -225,10 +225,10 @@ class _Replay:
         """
         while len(self.in_flight) > keep:
             step, task = self.in_flight[0]
-            # Not `await task`: a cancelled replay cancels every run itself (see replay).
-            await asyncio.wait([task])
+            # Cancelled here, the replay cancels this run with the others (see replay).
+            actual = await task
             self.in_flight.popleft()
-            if not self._check(step, task.result()):
+            if not self._check(step, actual):
                 return False
         return True
 
@@ -288,17 +288,19 @@ async def _settle(
     in_flight.clear()
     if not tasks:
         return
-    if not cancel:
-        try:
-            await asyncio.wait(tasks)
-        except BaseException:
+    try:
+        if cancel:
             await _settle_cancelled(tasks)
-            raise
-    else:
-        await _settle_cancelled(tasks)
-    for task in tasks:
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            logger.debug("a replayed action past the end of the replay failed: %r", exc)
+        else:
+            try:
+                await asyncio.wait(tasks)
+            except BaseException:
+                await _settle_cancelled(tasks)
+                raise
+    finally:
+        for task in tasks:
+            if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+                logger.debug("a replayed action past the end of the replay failed: %r", exc)
 
 
 async def _settle_cancelled(tasks: list[asyncio.Task[Observation]]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import anyio
 import pytest
 
 from events import (
@@ -143,3 +144,18 @@ async def test_max_in_flight_must_be_positive(tmp_path: Path) -> None:
     async with stream, LocalRuntime(stream, config(tmp_path / "recorded-ws")) as rt:
         with pytest.raises(ValueError, match="max_in_flight"):
             await replay(recording, rt, max_in_flight=0)
+
+
+async def test_a_cancelled_replay_leaves_nothing_running(tmp_path: Path) -> None:
+    recording = await record(tmp_path, [CmdRunAction("sleep 0.5") for _ in range(4)])
+    stream = EventStream()
+    async with stream, LocalRuntime(stream, config(tmp_path / "recorded-ws")) as rt:
+        with anyio.move_on_after(0.3) as scope:
+            await replay(recording, rt, verify=True)
+        assert scope.cancelled_caught
+        # Every command sent was interrupted or ran, and was answered; the shell takes
+        # the next command as usual.
+        assert rt.pending_actions() == []
+        after = await rt.run(CmdRunAction("echo still here"))
+        assert isinstance(after, CmdOutputObservation)
+        assert after.content.strip() == "still here"
