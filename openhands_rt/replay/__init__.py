@@ -6,7 +6,8 @@ Where each concept lives:
   or an OpenHands trajectory) and pairing each runnable action with its
   recorded observation;
 - :mod:`.execute` — re-running the actions on a runtime (execute and verify
-  modes, ``until``), in a sandbox it makes and owns or in one given;
+  modes, ``until``; runs of shell commands pipelined, ``max_in_flight``), in a
+  sandbox it makes and owns or in one given;
 - :mod:`.verify` — the normalisation, the comparison of observations and the
   divergence report;
 - :mod:`.workspace` — ``/workspace`` mapped into a local sandbox's directory;

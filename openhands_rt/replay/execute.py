@@ -29,7 +29,10 @@ their actions and observations are in the stream; the replay returns once they
 are answered. ``max_in_flight=1`` sends nothing before the previous answer.
 Observations come back in order, but the stream records each action when it
 was sent, so with pipelining an action can precede the observations of the
-ones sent before it.
+ones sent before it. Cancelling a replay cancels every run in flight: each
+interrupts its own command, as a cancelled ``EventStreamRuntime.run`` does, and
+the cancellation completes once they are answered (bounded by the runtime's
+``interrupt_grace``).
 
 ``until``: the replay stops after the recorded event with that id (events with
 a larger id are neither executed nor carried). :func:`replay_recording` and
