@@ -6,7 +6,8 @@ Where each concept lives:
   or an OpenHands trajectory) and pairing each runnable action with its
   recorded observation;
 - :mod:`.execute` — re-running the actions on a runtime (execute and verify
-  modes, ``until``), in a sandbox it makes and owns or in one given;
+  modes, ``until``; runs of shell commands pipelined, ``max_in_flight``), in a
+  sandbox it makes and owns or in one given;
 - :mod:`.verify` — the normalisation, the comparison of observations and the
   divergence report;
 - :mod:`.workspace` — ``/workspace`` mapped into a local sandbox's directory;
@@ -25,6 +26,7 @@ Error tree::
 from events.wire import is_runnable
 from openhands_rt.replay.errors import ReplayError, ReplayInputError, ReplayMismatchError
 from openhands_rt.replay.execute import (
+    MAX_IN_FLIGHT,
     ReplayResult,
     StepReport,
     replay,
@@ -55,6 +57,7 @@ from openhands_rt.replay.verify import (
 from openhands_rt.replay.workspace import WORKSPACE, map_action_paths
 
 __all__ = [
+    "MAX_IN_FLIGHT",
     "REPLAY_MISMATCH_ERROR_ID",
     "WORKSPACE",
     "Divergence",

@@ -165,13 +165,13 @@ def _compare_command(
 ) -> Mismatch | None:
     if not isinstance(actual, CmdOutputObservation):
         return _type_mismatch(expected, actual)
-    same, shown = _texts_match(expected.content, actual.content, workspace)
     if expected.exit_code != actual.exit_code:
         return Mismatch(
             f"exit code differs: recorded {expected.exit_code}, replayed {actual.exit_code}",
             normalize_text(expected.content),
-            shown,
+            _normalized_texts(expected.content, actual.content, workspace)[1],
         )
+    same, shown = _texts_match(expected.content, actual.content, workspace)
     if not same:
         return Mismatch("command output differs", normalize_text(expected.content), shown)
     return None
@@ -224,7 +224,16 @@ def _compare_edit(
 
 
 def _texts_match(expected: str, actual: str, workspace: str | None) -> tuple[bool, str]:
-    """Equal after normalization (also with ``workspace`` written back as /workspace)."""
+    """Equal after normalization (also with ``workspace`` written back as /workspace);
+    when not, the replayed text as a report shows it."""
+    if expected == actual:
+        # Equal texts normalize alike: a matching replay mostly costs no normalization.
+        return True, actual
+    return _normalized_texts(expected, actual, workspace)
+
+
+def _normalized_texts(expected: str, actual: str, workspace: str | None) -> tuple[bool, str]:
+    """As :func:`_texts_match`, always with the normalized replayed text."""
     want, got = normalize_text(expected), normalize_text(actual)
     if want == got:
         return True, got

@@ -89,6 +89,12 @@ def test_compare_command_output() -> None:
     assert content_differs is not None
     assert content_differs.reason == "command output differs"
     assert (content_differs.expected, content_differs.actual) == ("hello\nworld", "hello\nthere")
+    # Texts equal as they are, before normalizing: a report still shows them normalized.
+    raw = "\x1b[1mbold\x1b[0m  \r\n"
+    same_text = compare_observations(run, cmd(raw, 0), cmd(raw, 2))
+    assert same_text is not None
+    assert (same_text.expected, same_text.actual) == ("bold", "bold")
+    assert compare_observations(run, cmd(raw, 0), cmd(raw, 0)) is None
 
 
 def test_compare_errors_and_types() -> None:
