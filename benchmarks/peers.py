@@ -593,6 +593,10 @@ async def kill_tmux_server(env: dict[str, str]) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
+    # SIGTERM unwinds like Ctrl-C: every process and directory of the run goes.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     load = os.getloadavg()
     print(f"date      {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
     print(f"machine   {os.cpu_count()} cores, Linux {platform.release()}, load {load[0]:.2f}")
