@@ -7,7 +7,9 @@ The workload, each item a round trip that waits for its answer:
 - a 1 KB file write (new content each time, checked on disk after the sample);
 - ``seq 100``: a command printing 100 lines.
 
-Every answer is checked (outside the timed region); a wrong one stops the run.
+Every answer is checked (outside the timed region); a sample that fails (an error,
+a wrong answer) is not kept and is counted, and more than ``--max-failures`` of
+one system stop the run.
 The systems take turns sample by sample: each iteration runs every item on every
 system, the order of the systems rotating from one iteration to the next, so that
 load on a shared machine hits them alike. Each prints p50/p99 per item, and each
@@ -493,21 +495,32 @@ async def sample(
 
 
 async def measure(
-    systems: dict[str, tuple[System, Path]], n: int, warmup: int
-) -> dict[str, dict[str, list[float]]]:
+    systems: dict[str, tuple[System, Path]], n: int, warmup: int, max_failures: int
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, list[str]]]:
+    """The samples per item and system, and each system's failed samples.
+
+    A failed sample (an error, a wrong answer) is not kept, and is counted; past
+    ``max_failures`` for one system the run stops."""
     names = list(systems)
-    samples = {item: {name: [] for name in names} for item in ITEMS}
+    samples: dict[str, dict[str, list[float]]] = {item: {s: [] for s in names} for item in ITEMS}
+    failures: dict[str, list[str]] = {name: [] for name in names}
     for i in range(warmup + n):
         for item in ITEMS:
             for name in rotated(names, i):
                 system, workspace = systems[name]
-                elapsed, result, expected, written = await sample(system, item, i, workspace)
-                check(name, item, result, expected, written)
+                try:
+                    elapsed, result, expected, written = await sample(system, item, i, workspace)
+                    check(name, item, result, expected, written)
+                except (RuntimeError, KeyError, aiohttp.ClientError) as exc:
+                    failures[name].append(f"{item}: {exc}")
+                    if len(failures[name]) > max_failures:
+                        raise RuntimeError(f"{name}: {len(failures[name])} samples failed") from exc
+                    continue
                 if i >= warmup:
                     samples[item][name].append(elapsed)
         if (i + 1) % 25 == 0:
             print(f"  {i + 1}/{warmup + n} iterations", flush=True)
-    return samples
+    return samples, failures
 
 
 @contextlib.asynccontextmanager
@@ -634,10 +647,14 @@ async def main(args: argparse.Namespace) -> None:
         http_mode = "a new connection per request" if args.fresh_connections else "kept alive"
         print(f"peers driven over HTTP with aiohttp, connections {http_mode}")
         print(f"{args.n} samples per item and system ({args.warmup} warm-up iterations first)")
-        samples = await measure(systems, args.n, args.warmup)
+        samples, failures = await measure(systems, args.n, args.warmup, args.max_failures)
     print()
     for line in format_table(samples, list(systems), "ours"):
         print(line)
+    for name, failed in failures.items():
+        kept = min(len(v[name]) for v in samples.values())
+        first = f" (the first: {failed[0][:200]})" if failed else ""
+        print(f"{name}: {len(failed)} failed samples, at least {kept} kept per item{first}")
     load = os.getloadavg()
     print(f"load after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
@@ -651,5 +668,9 @@ if __name__ == "__main__":
     parser.add_argument("--python312", help="the Python 3.12 for openhands-ai")
     parser.add_argument("--no-openhands", action="store_true")
     parser.add_argument("--fresh-connections", action="store_true")
-    with contextlib.suppress(KeyboardInterrupt):
+    parser.add_argument("--max-failures", type=int, default=10, help="per system")
+    try:
         asyncio.run(main(parser.parse_args()))
+    except KeyboardInterrupt:
+        print("interrupted; everything the run started is stopped and removed")
+        sys.exit(130)
