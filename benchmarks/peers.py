@@ -266,7 +266,7 @@ async def find_python312(given: str | None) -> tuple[str | None, str]:
     for path, where in candidates:
         version = await python_version(path)
         if version is not None and version[:2] == (3, 12):
-            return path, f"{where}: Python {'.'.join(map(str, version))}"
+            return path, f"Python {'.'.join(map(str, version))} (found by {where})"
     return None, "no Python 3.12 here (PATH, uv python find, pyenv), which openhands-ai needs"
 
 
@@ -529,9 +529,10 @@ async def open_swerex(
 ) -> AsyncIterator[SweRex]:
     venv = await peer_venv(f"swerex-{args.swerex_version}", f"swe-rex=={args.swerex_version}",
                            sys.executable)  # fmt: skip
-    print(f"SWE-ReX {await installed_version(venv, 'swe-rex')} ({venv})")
+    py = ".".join(map(str, await python_version(venv / "bin/python") or ("?",)))
+    print(f"SWE-ReX   swe-rex {await installed_version(venv, 'swe-rex')}, Python {py} ({venv})")
     port, token = free_port(), secrets.token_urlsafe(24)
-    argv = [venv / "bin/python", "-m", "swerex.server", "--host", "127.0.0.1"]
+    argv: list[str | Path] = [venv / "bin/python", "-m", "swerex.server", "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--auth-token", token]
     env = {**os.environ, "HOME": str(home)}
     await stack.enter_async_context(
@@ -553,12 +554,19 @@ async def open_openhands(
     workspace: Path,
     home: Path,
     python: str,
+    where: str,
 ) -> AsyncIterator[OpenHands]:
     name = f"openhands-ai-{args.openhands_version}"
     venv = await peer_venv(name, f"openhands-ai=={args.openhands_version}", python)
-    print(f"OpenHands {await installed_version(venv, 'openhands-ai')} ({venv})")
+    version = await installed_version(venv, "openhands-ai")
+    print(f"OpenHands openhands-ai {version}, {where} ({venv})")
     port, key = free_port(), secrets.token_urlsafe(24)
-    argv = [venv / "bin/python", "-m", "openhands.runtime.action_execution_server", str(port)]
+    argv: list[str | Path] = [
+        venv / "bin/python",
+        "-m",
+        "openhands.runtime.action_execution_server",
+    ]
+    argv.append(str(port))
     # As the user we are (its start creates a user otherwise), no browser, no plugins.
     user = pwd.getpwuid(os.getuid()).pw_name
     argv += ["--working-dir", workspace, "--username", user, "--user-id", str(os.getuid())]
@@ -639,9 +647,8 @@ async def main(args: argparse.Namespace) -> None:
                 print(f"OpenHands column skipped: {where}")
                 continue
             else:
-                print(f"OpenHands on {python312} ({where})")
                 system = await stack.enter_async_context(
-                    open_openhands(stack, args, workspace, home, python312)
+                    open_openhands(stack, args, workspace, home, python312, where)
                 )
             systems[name] = (system, workspace)
         http_mode = "a new connection per request" if args.fresh_connections else "kept alive"
