@@ -32,17 +32,24 @@ How each system is driven, all of them on the loopback, outside Docker:
   are a floor for what its users see; ``--fresh-connections`` opens a new
   connection per request, as ``RemoteRuntime`` does.
 - **OpenHands** (where a Python 3.12 is found, which openhands-ai needs):
-  ``openhands.runtime.action_execution_server`` as a subprocess with its session
-  key, driven the same way over HTTP (``POST /execute_action``), the body its
-  ``ActionExecutionClient`` sends. Otherwise a line says why the column is
-  skipped.
+  ``openhands.runtime.action_execution_server`` (openhands-ai 0.62.0, the last
+  0.x release; 1.x no longer has it) as a subprocess with its session key, no
+  browser, no plugins, driven the same way over HTTP: ``POST /execute_action``
+  with the action in the shape its ``ActionExecutionClient`` sends
+  (``{"action": {"action": "run", "args": {...}}}``). Otherwise a line says why
+  the column is skipped.
+
+The peers' shells get an empty home of their own, so that they read no rc file
+of this machine (ours runs ``bash --norc``), as in a fresh container.
 
 The peers are installed from PyPI into virtual environments this script makes
 once and keeps under ``~/.cache/openhands-rt/peers/<name>-<version>`` (with uv
 when it is on the PATH, else ``python -m venv`` and pip); a cache entry is used
 only when its installation finished. Every process the script starts runs in a
 process group of its own and is stopped at the end (SIGTERM, then SIGKILL), with
-its temporary directories, also after a failure or Ctrl-C.
+its temporary directories (and OpenHands' tmux server, which leaves the group,
+through a socket directory of the run's own), also after a failure, Ctrl-C or
+SIGTERM.
 
 Run: uv run python benchmarks/peers.py [--n 100] [--no-openhands] [--fresh-connections]
      [--python312 PATH]
