@@ -688,3 +688,6 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         print("interrupted; everything the run started is stopped and removed")
         sys.exit(130)
+    except asyncio.CancelledError:  # SIGTERM
+        print("terminated; everything the run started is stopped and removed")
+        sys.exit(143)
