@@ -392,8 +392,13 @@ class EventLog:
             if event.id != self._appended:
                 raise ValueError(f"expected event id {self._appended}, got {event.id}")
             pending = self._pending
-            pending += head
-            pending += payload
+            size = len(pending)
+            try:
+                pending += head
+                pending += payload
+            except BaseException:  # a MemoryError: never leave half a record queued
+                del pending[size:]
+                raise
             self._appended += 1
             if self._writer is None:
                 self._writer = threading.Thread(
