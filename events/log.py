@@ -67,7 +67,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from events.codec import EventDecodeError, decode_event, encode_event
+from events import codec
+from events.codec import EventDecodeError, decode_event
 from events.errors import EventsError
 from events.models import Event
 
@@ -103,6 +104,12 @@ HEADER_SIZE: Final = len(HEADER) + _LOG_ID_SIZE
 _FRAME_SIZE: Final = _FRAME.size
 
 _fdatasync: Final[Callable[[int], None]] = getattr(os, "fdatasync", os.fsync)
+_pack_u32: Final = _U32.pack
+_pack_frame: Final = _FRAME.pack
+_crc32: Final = zlib.crc32
+# encode_event()'s encoder itself: append() runs once per event, and the wrapper's
+# call is a tenth of it.
+_encode: Final = codec._encoder.encode
 
 
 class LogError(EventsError):
@@ -134,8 +141,8 @@ class LogWriteError(LogError):
 
 def frame_record(payload: bytes) -> bytes:
     """Frame one encoded event: length, CRC of length + payload, payload."""
-    length = _U32.pack(len(payload))
-    return length + _U32.pack(zlib.crc32(payload, zlib.crc32(length))) + payload
+    length = len(payload)
+    return _pack_frame(length, _crc32(payload, _crc32(_pack_u32(length)))) + payload
 
 
 @dataclass
@@ -262,8 +269,11 @@ class EventLog:
             os.close(fd)
             raise
         self._fd: int | None = fd
-        self._cond = threading.Condition(threading.Lock())
-        self._pending: list[bytes] = []
+        # append() takes the bare lock (acquire/release: a Condition's `with` runs
+        # Python code); the writer waits on the condition built on it.
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
+        self._pending = bytearray()  # the framed records of the next batch
         self._appended = len(self.recovered)  # events handed to append(), recovered included
         self._durable = self._appended  # events written and synced
         self._synced_size = os.fstat(fd).st_size
@@ -369,15 +379,26 @@ class EventLog:
         :class:`LogWriteError` after a disk error and :class:`LogClosedError`
         after close; in every case nothing was queued.
         """
-        frame = frame_record(encode_event(event))
-        with self._cond:
+        payload = _encode(event)
+        length = len(payload)
+        head = _pack_frame(length, _crc32(payload, _crc32(_pack_u32(length))))  # frame_record()
+        mutex = self._mutex
+        mutex.acquire()
+        try:
             if self._error is not None:
                 raise self._write_error()
             if self._closing:
                 raise LogClosedError(f"event log {self.path} is closed")
             if event.id != self._appended:
                 raise ValueError(f"expected event id {self._appended}, got {event.id}")
-            self._pending.append(frame)
+            pending = self._pending
+            size = len(pending)
+            try:
+                pending += head
+                pending += payload
+            except BaseException:  # a MemoryError: never leave half a record queued
+                del pending[size:]
+                raise
             self._appended += 1
             if self._writer is None:
                 self._writer = threading.Thread(
@@ -387,6 +408,8 @@ class EventLog:
             elif self._writer_idle:
                 self._writer_idle = False
                 self._cond.notify()
+        finally:
+            mutex.release()
 
     async def flush(self) -> None:
         """Return once every event appended before this call is written and synced."""
@@ -474,12 +497,11 @@ class EventLog:
                     while not self._pending and not self._closing:
                         self._writer_idle = True
                         self._cond.wait()
-                    batch, self._pending = self._pending, []
+                    data, self._pending = self._pending, bytearray()
                     target = self._appended
-                if not batch:
+                if not data:
                     break  # closing, and everything is written
                 try:
-                    data = b"".join(batch)
                     _write_all(fd, data)
                     _fdatasync(fd)
                 except Exception as exc:  # any failure must reach the waiters, not kill the thread
@@ -509,7 +531,7 @@ class EventLog:
         with self._cond:
             self._error = exc
             self._first_lost_id = self._durable
-            self._pending = []
+            self._pending = bytearray()
             waiters, self._flush_waiters = self._flush_waiters, []
         logger.error("%s", self._write_error())
         for _, loop, future in waiters:
@@ -528,7 +550,7 @@ class EventLog:
             return self._write_error() if self._error is not None else None
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import events.clock
 from events import (
     CmdOutputObservation,
     CmdRunAction,
@@ -171,6 +172,23 @@ def test_clock_formats_any_instant_like_datetime(micros: int) -> None:
     neighbour = max(0, micros - 1001)
     clock.at(neighbour)
     assert clock.at(micros) == expected.isoformat(timespec="microseconds")
+
+
+@given(
+    st.lists(
+        st.integers(min_value=0, max_value=253402300799_999999_999), min_size=1, max_size=20
+    ).map(sorted)
+    | st.lists(st.integers(min_value=0, max_value=2_000_000_000), min_size=1, max_size=20)
+)
+def test_clock_now_reads_the_clock_in_ns_and_agrees_with_at(readings: list[int]) -> None:
+    # now() is at() inlined and in nanoseconds: the same text for every reading,
+    # across millisecond and second boundaries and when the clock steps back.
+    clock, reference = UtcClock(), UtcClock()
+    pending = iter(readings)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(events.clock, "_time_ns", lambda: next(pending))
+        stamps = [clock.now() for _ in readings]
+    assert stamps == [reference.at(ns // 1000) for ns in readings]
 
 
 # --------------------------------------------------------------------------- history
