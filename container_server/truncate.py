@@ -17,7 +17,6 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from typing import Final
 
@@ -150,9 +149,25 @@ class LastLinesBuffer(OutputBuffer):
     and counted in :attr:`lines_dropped`. A line longer than ``2 * keep_chars``
     keeps its head and tail around the marker (the observation could not show
     more of it anyway).
+
+    Lines are kept in blocks, as they were appended (a PTY read holds ~50 lines
+    of typical output), so that appending costs a few calls per block, not per
+    line: whole blocks are dropped as soon as the blocks after them are enough,
+    and the lines to drop from the first block are found only when they are
+    read (:meth:`_settle`). The result is the same as dropping line by line:
+    the lines kept are always the longest run of last lines within both limits.
     """
 
-    __slots__ = ("_chars", "_lines", "_lines_dropped", "_max_kept_chars", "_max_lines")
+    __slots__ = (
+        "_block_lines",
+        "_blocks",
+        "_chars",
+        "_lines",
+        "_lines_dropped",
+        "_max_kept_chars",
+        "_max_lines",
+        "_open",
+    )
 
     def __init__(
         self,
@@ -164,47 +179,120 @@ class LastLinesBuffer(OutputBuffer):
         super().__init__(keep_chars)
         self._max_lines = max(1, max_lines)
         self._max_kept_chars = max(1, max_kept_chars)
-        self._lines: deque[str] = deque()
-        self._chars = 0
+        # Blocks of complete lines (each ends with "\n"), oldest first, and their line counts.
+        self._blocks: deque[str] = deque()
+        self._block_lines: deque[int] = deque()
+        # A settled line with no newline yet (longer than we keep): the last line.
+        self._open = ""
+        self._lines = 0  # lines in the blocks and the open line
+        self._chars = 0  # characters in the blocks and the open line
         self._lines_dropped = 0
 
     def __bool__(self) -> bool:
-        return bool(self._line or self._lines)
+        return bool(self._line or self._blocks or self._open)
 
     @property
     def lines_dropped(self) -> int:
         """Lines printed since the last :meth:`clear` that are no longer kept."""
+        self._settle()
         return self._lines_dropped
 
     def _commit(self, text: str) -> None:
-        pieces = text.split("\n")
-        # Every piece but the last ended with a newline; the last may be a long open line.
-        for i, piece in enumerate(pieces):
-            line = piece if i == len(pieces) - 1 else piece + "\n"
-            if not line:
-                continue
-            if self._lines and not self._lines[-1].endswith("\n"):
-                previous = self._lines.pop()
-                self._chars -= len(previous)
-                line = previous + line
-            line = truncate_middle(line, 2 * self._keep)
-            self._lines.append(line)
-            self._chars += len(line)
-        while len(self._lines) > self._max_lines or (
-            self._chars > self._max_kept_chars and len(self._lines) > 1
-        ):
-            self._chars -= len(self._lines.popleft())
-            self._lines_dropped += 1
+        limit = 2 * self._keep
+        if self._open:
+            # The open line goes on with the text's first line.
+            newline = text.find("\n") + 1
+            head, text = (text, "") if not newline else (text[:newline], text[newline:])
+            line = truncate_middle(self._open + head, limit)
+            self._lines -= 1
+            self._chars -= len(self._open)
+            self._open = ""
+            if line.endswith("\n"):
+                self._add_block(line, 1)
+            else:
+                self._set_open(line)
+        if text:
+            newline = text.rfind("\n") + 1
+            complete, rest = text[:newline], text[newline:]
+            if complete:
+                if len(complete) > limit and max(map(len, complete.split("\n"))) >= limit:
+                    # A line too long to keep whole ("\n" included) is cut around the marker,
+                    # whose newlines are not line ends: such a line is a block of its own.
+                    for piece in complete.split("\n")[:-1]:
+                        self._add_block(truncate_middle(piece + "\n", limit), 1)
+                else:
+                    self._add_block(complete, complete.count("\n"))
+            if rest:
+                self._set_open(truncate_middle(rest, limit))
+        self._drop_blocks()
+
+    def _set_open(self, line: str) -> None:
+        self._open = line
+        self._lines += 1
+        self._chars += len(line)
+
+    def _add_block(self, block: str, lines: int) -> None:
+        self._blocks.append(block)
+        self._block_lines.append(lines)
+        self._lines += lines
+        self._chars += len(block)
+
+    def _drop_blocks(self) -> None:
+        """Drop the first blocks while the lines after them already reach a limit."""
+        blocks, block_lines = self._blocks, self._block_lines
+        while blocks:
+            rest_lines = self._lines - block_lines[0]
+            rest_chars = self._chars - len(blocks[0])
+            if rest_lines < self._max_lines and (
+                rest_chars < self._max_kept_chars or not rest_lines
+            ):
+                return
+            # The first block's last line and the rest are over a limit: none of it stays.
+            self._lines = rest_lines
+            self._chars = rest_chars
+            self._lines_dropped += block_lines.popleft()
+            blocks.popleft()
+
+    def _settle(self) -> None:
+        """Drop the first lines of the first block that are over a limit."""
+        if not self._blocks:
+            return
+        first, first_lines = self._blocks[0], self._block_lines[0]
+        # Fewer than first_lines (_drop_blocks), so the block is not a cut line of its own.
+        over = max(0, self._lines - self._max_lines)
+        if over:
+            first = first.split("\n", over)[-1]
+        # Past the characters' limit: one line at a time (lines then average 400+ characters).
+        chars = self._chars - (len(self._blocks[0]) - len(first))
+        while chars > self._max_kept_chars and self._lines - over > 1 and over < first_lines:
+            cut = len(first) if first_lines - over == 1 else first.find("\n") + 1
+            chars -= cut
+            first = first[cut:]
+            over += 1
+        if over:
+            self._lines -= over
+            self._chars = chars
+            self._lines_dropped += over
+            if over < first_lines:
+                self._blocks[0] = first
+                self._block_lines[0] -= over
+            else:
+                self._blocks.popleft()
+                self._block_lines.popleft()
 
     def _kept(self) -> tuple[str, int, int]:
         """(kept text right-stripped, lines in it, lines dropped in all)."""
+        self._settle()
         open_line = render_overwrites(self._line)
         # The open line is a line of its own, unless the last kept line was settled without
         # its newline (a line longer than we keep): then it is that line's continuation.
-        continues = bool(self._lines) and not self._lines[-1].endswith("\n")
-        count = len(self._lines) + (1 if open_line and not continues else 0)
+        count = self._lines + (1 if open_line and not self._open else 0)
         skip = max(0, count - self._max_lines)
-        text = "".join(itertools.islice(self._lines, skip, None)) + open_line
+        blocks = list(self._blocks)
+        if skip:
+            # The unsettled open line pushes the first kept line out (skip is 1 then).
+            blocks[0] = "" if self._block_lines[0] == 1 else blocks[0].split("\n", 1)[1]
+        text = "".join(blocks) + self._open + open_line
         return text.rstrip(), count - skip, self._lines_dropped + skip
 
     def render(self, max_chars: int) -> str:
@@ -224,6 +312,9 @@ class LastLinesBuffer(OutputBuffer):
 
     def clear(self) -> None:
         super().clear()
-        self._lines.clear()
+        self._blocks.clear()
+        self._block_lines.clear()
+        self._open = ""
+        self._lines = 0
         self._chars = 0
         self._lines_dropped = 0
