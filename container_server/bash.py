@@ -398,23 +398,37 @@ class BashSession:
             self._fail(exc, "PTY reader")
 
     def _read_available(self, max_reads: int) -> bool:
-        """Read up to ``max_reads`` times; True if more may be waiting."""
+        """Read up to ``max_reads`` times; True if more may be waiting.
+
+        What up to :data:`_READS_PER_WAKEUP` reads return is fed to the core at once:
+        a PTY read returns at most ~4 KiB, and the core's work is per call.
+        """
+        batch: list[bytes] = []
+        more = True
         for _ in range(max_reads):
             try:
                 data = os.read(self._master, _READ_SIZE)
             except BlockingIOError:
-                return False
+                more = False
+                break
             except OSError as exc:
                 # EIO: no process holds the PTY's other end any more.
                 if exc.errno != errno.EIO:
                     logger.warning("reading the bash PTY failed: %s", exc)
                 self._stop_reading()
-                return False
+                more = False
+                break
             if not data:
                 self._stop_reading()
-                return False
-            self._feed(data)
-        return True
+                more = False
+                break
+            batch.append(data)
+            if len(batch) == _READS_PER_WAKEUP:
+                self._feed(b"".join(batch))
+                batch.clear()
+        if batch:
+            self._feed(batch[0] if len(batch) == 1 else b"".join(batch))
+        return more
 
     def _drain(self) -> None:
         """Read what is already buffered in the PTY (the shell just exited)."""

@@ -257,6 +257,7 @@ class PromptSeen:
 
 ParserEvent = OutputText | PromptSeen
 
+_RS: Final = b"\x1e"
 _FIELD_SEPARATOR: Final = b"\x1f"
 # A prompt body is a handful of short fields and one path (PATH_MAX 4096).
 _MAX_PROMPT_BODY: Final = 64 * 1024
@@ -294,7 +295,8 @@ class PromptParser:
         size = len(data)
         while pos < size:
             if not self._in_prompt:
-                start = data.find(self._begin, pos)
+                # memchr for the marker's first byte first: most output has none.
+                start = data.find(self._begin, pos) if data.find(_RS, pos) >= 0 else -1
                 if start < 0:
                     held = self._partial_begin(data, pos)
                     self._output(data[pos : size - held], events)

@@ -400,6 +400,14 @@ def test_cleaner_is_independent_of_splits(text: str, cuts: list[int]) -> None:
     assert "\r\n" not in streamed
 
 
+@given(st.text(st.characters(max_codepoint=0xFF, exclude_characters="\x1b\x9b\r")))
+def test_cleaner_removes_exactly_the_control_characters(text: str) -> None:
+    # ASCII text takes a byte-table path, other text the regex: both keep the same.
+    kept = "".join(c for c in text if c in "\b\t\n" or " " <= c <= "~" or c >= "\xa0")
+    assert strip_ansi(text) == kept
+    assert strip_ansi(text + "\xe9") == kept + "\xe9"
+
+
 @pytest.mark.parametrize(
     ("raw", "shown"),
     [
