@@ -55,6 +55,20 @@ def truncate_middle(text: str, max_chars: int) -> str:
     return text[:half] + TRUNCATION_MARKER + text[len(text) - half :]
 
 
+def _has_long_line(text: str, limit: int) -> bool:
+    """Whether a line of ``text`` has ``limit`` characters or more (its newline not counted)."""
+    if len(text) < limit:
+        return False
+    # Such a line covers a whole aligned stretch of limit // 2 characters with no newline:
+    # a few finds rule it out (a batch of PTY reads is ~64 KiB, ``limit`` 60,000).
+    step = max(1, limit // 2)
+    if all(
+        text.find("\n", start, start + step) >= 0 for start in range(0, len(text) - step + 1, step)
+    ):
+        return False
+    return max(map(len, text.split("\n"))) >= limit
+
+
 class OutputBuffer:
     """Output of one command since the last observation, bounded to ~``4 * keep_chars``.
 
@@ -215,7 +229,7 @@ class LastLinesBuffer(OutputBuffer):
             newline = text.rfind("\n") + 1
             complete, rest = text[:newline], text[newline:]
             if complete:
-                if len(complete) > limit and max(map(len, complete.split("\n"))) >= limit:
+                if _has_long_line(complete, limit):
                     # A line too long to keep whole ("\n" included) is cut around the marker,
                     # whose newlines are not line ends: such a line is a block of its own.
                     for piece in complete.split("\n")[:-1]:

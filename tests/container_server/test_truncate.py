@@ -83,7 +83,16 @@ class LineByLine:
 )
 @given(
     st.lists(
-        st.tuples(st.text(alphabet="abc\n\r\b", max_size=80), st.booleans()),
+        st.tuples(
+            st.one_of(
+                st.text(alphabet="abc\n\r\b", max_size=80),
+                # Runs: lines around the 2 * keep characters a line is cut at.
+                st.lists(st.integers(0, 70), max_size=6).map(
+                    lambda runs: "".join("x" * run + "\n" for run in runs)
+                ),
+            ),
+            st.booleans(),
+        ),
         max_size=30,
     ),
     st.integers(1, 30),
