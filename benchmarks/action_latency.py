@@ -8,6 +8,7 @@ target (issue 20) is 1.25. The 1 KB read has no such floor (it is a file
 read plus the same WebSocket round trip): its target is 0.1 ms.
 
 Run: uv run python benchmarks/action_latency.py [--n 2000] [--uvloop]
+(Streamed output throughput: benchmarks/streamed_output.py.)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _floor import Floor
 from _util import percentiles_ms, rss_mb
 
-from events import CmdOutputChunk, CmdRunAction, Event, EventStream, FileReadAction, FileWriteAction
+from events import CmdRunAction, EventStream, FileReadAction, FileWriteAction
 from openhands_rt import LocalRuntime, SandboxConfig
 
 
@@ -93,31 +94,6 @@ async def main(n: int) -> None:
             ]
             for label, make, count in cases:
                 print(f"{label:<26} {percentiles_ms(await timed(rt, make, count))}")
-
-            # base64 to a terminal writes one 77-byte line per system call (the PTY is
-            # the limit); "| cat" writes blocks (our pipeline is the limit).
-            for label, command in [
-                ("streamed, line writes", "head -c 200M /dev/zero | base64"),
-                ("streamed, block writes", "head -c 200M /dev/zero | base64 | cat"),
-            ]:
-                streamed = 0
-
-                async def count(event: Event) -> None:
-                    nonlocal streamed
-                    if isinstance(event, CmdOutputChunk):
-                        streamed += len(event.data)
-
-                sub = stream.subscribe(count, subscriber_id=f"bench-{label}")
-                t0 = time.perf_counter()
-                await rt.run(CmdRunAction(command, blocking=True))
-                await stream.flush()
-                await asyncio.sleep(0.05)
-                elapsed = time.perf_counter() - t0
-                sub.unsubscribe()
-                print(
-                    f"{label:<26} {streamed / elapsed / 1e6:8.1f} MB/s "
-                    f"({streamed / 1e6:.0f} MB of chunks in {elapsed:.2f} s)"
-                )
 
 
 if __name__ == "__main__":
