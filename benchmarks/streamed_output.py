@@ -12,8 +12,11 @@ the other so that the machine's load hits all alike:
 
 Rates are of the command's output (the PTY's ``\\r`` before each ``\\n`` is
 not counted). The host's and the server's RSS are sampled during each run of
-ours (start / peak / end). ``base64`` to a terminal writes one 77-byte line per
-system call; ``| cat`` writes 4 KiB blocks.
+ours (start / peak / end), and the CPU time each used (user + system, per 100 MB:
+less sensitive to other load on the machine than the rates). ``base64`` to a
+terminal writes one 77-byte line per system call; ``| cat`` writes 4 KiB
+blocks. With line writes a blocking reader wakes for each line, so the PTY
+"floor" is then no floor: a reader that lets lines pile up reads more per call.
 
 Run: uv run python benchmarks/streamed_output.py [--mb 200] [--rounds 2]
 """
@@ -88,12 +91,20 @@ def drain_pipe(command: str) -> tuple[int, float]:
     return total, time.perf_counter() - started
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class RssTrace:
     """VmRSS samples of one process, in MB."""
 
     pid: int
     samples: list[float] = field(default_factory=list)
+    cpu: float = 0.0  # CPU seconds used during the run
 
     def sample(self) -> None:
         self.samples.append(rss_mb(self.pid))
@@ -130,6 +141,7 @@ async def run_ours(
         seen.set()
 
     host, server = RssTrace(os.getpid()), RssTrace(rt.process.pid)
+    cpu_before = cpu_seconds(host.pid), cpu_seconds(server.pid)
     stop = asyncio.Event()
     sampler = asyncio.create_task(sample_rss([host, server], stop))
     sub = stream.subscribe(count, subscriber_id=f"bench-{label}")
@@ -141,6 +153,8 @@ async def run_ours(
             seen.clear()
             await seen.wait()
         elapsed = time.perf_counter() - started
+        host.cpu = cpu_seconds(host.pid) - cpu_before[0]
+        server.cpu = cpu_seconds(server.pid) - cpu_before[1]
     finally:
         sub.unsubscribe()
         stop.set()
@@ -176,11 +190,15 @@ async def main(megabytes: int, rounds: int) -> None:
                         rt, stream, command, f"{round_no}-{label}"
                     )
                     ours = record(label, "ours", size, seconds)
+                    record(label, "host cpu", size, host.cpu)
+                    record(label, "server cpu", size, server.cpu)
                     print(
                         f"round {round_no} {label:<13} ours {ours:7.1f} MB/s "
                         f"({size / 1e6:.0f} MB) | "
                         f"floor PTY {pty_rate:7.1f} MB/s, pipe {pipe_rate:7.1f} MB/s | "
-                        f"RSS MB start/peak/end host {host}  server {server}"
+                        f"RSS MB start/peak/end host {host}  server {server} | "
+                        f"CPU s/100 MB host {host.cpu / size * 1e8:.2f} "
+                        f"server {server.cpu / size * 1e8:.2f}"
                     )
     print("median over rounds:")
     for label, _ in cases:
@@ -189,7 +207,9 @@ async def main(megabytes: int, rounds: int) -> None:
         pipe_rate = statistics.median(rates[label, "pipe"])
         print(
             f"streamed, {label:<13} {ours:7.1f} MB/s = {ours / pty_rate:.2f}x the PTY floor "
-            f"({pty_rate:.1f} MB/s), {ours / pipe_rate:.2f}x the pipe ({pipe_rate:.1f} MB/s)"
+            f"({pty_rate:.1f} MB/s), {ours / pipe_rate:.2f}x the pipe ({pipe_rate:.1f} MB/s); "
+            f"CPU s/100 MB host {100 / statistics.median(rates[label, 'host cpu']):.2f}, "
+            f"server {100 / statistics.median(rates[label, 'server cpu']):.2f}"
         )
 
 
