@@ -203,7 +203,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
     hub = state.hub
     attachment, outbox = hub.attach(
-        client_id, max_frames=state.settings.max_outbox_frames, on_overflow=overflow
+        client_id,
+        max_frames=state.settings.max_outbox_frames,
+        max_chunk_chars=state.settings.max_outbox_chunk_chars,
+        on_overflow=overflow,
     )
     async with anyio.create_task_group() as task_group:
         task_group.start_soon(

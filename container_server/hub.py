@@ -63,18 +63,35 @@ class Outbox:
     """One connection's outgoing frames, in order.
 
     Bounded: a peer that stops reading makes its frames pile up here once the
-    socket buffers are full. Past ``max_frames`` the outbox closes and calls
-    ``on_overflow`` (which drops the connection); results stay cached, so a
-    client that reconnects and resends its ids loses nothing but chunks.
+    socket buffers are full. Past ``max_frames`` frames, or ``max_chunk_chars``
+    characters of command output (a chunk frame holds up to a megabyte, so a
+    bound on frames alone would let a command's output fill the sandbox's
+    memory), the outbox closes and calls ``on_overflow`` (which drops the
+    connection); results stay cached, so a client that reconnects and resends
+    its ids loses nothing but chunks.
     """
 
-    __slots__ = ("_max_frames", "_on_overflow", "_queue", "closed", "overflowed")
+    __slots__ = (
+        "_chunk_chars",
+        "_max_chunk_chars",
+        "_max_frames",
+        "_on_overflow",
+        "_queue",
+        "closed",
+        "overflowed",
+    )
 
     def __init__(
-        self, *, max_frames: int = 10_000, on_overflow: Callable[[], None] | None = None
+        self,
+        *,
+        max_frames: int = 10_000,
+        max_chunk_chars: int = 64 << 20,
+        on_overflow: Callable[[], None] | None = None,
     ) -> None:
         self._queue: asyncio.Queue[Event | ControlReply | None] = asyncio.Queue()
         self._max_frames = max_frames
+        self._max_chunk_chars = max_chunk_chars
+        self._chunk_chars = 0  # of the chunks queued now
         self._on_overflow = on_overflow
         self.closed = False
         self.overflowed = False
@@ -82,13 +99,20 @@ class Outbox:
     def put(self, event: Event | ControlReply) -> None:
         if self.closed:
             return
-        if self._queue.qsize() >= self._max_frames:
+        if type(event) is CmdOutputChunk:
+            self._chunk_chars += len(event.data)
+        if self._queue.qsize() >= self._max_frames or self._chunk_chars > self._max_chunk_chars:
             self.overflowed = True
             self.close()
             if self._on_overflow is not None:
                 self._on_overflow()
             return
         self._queue.put_nowait(event)
+
+    def _taken(self, event: Event | ControlReply | None) -> Event | ControlReply | None:
+        if type(event) is CmdOutputChunk:
+            self._chunk_chars -= len(event.data)
+        return event
 
     def close(self) -> None:
         """Nothing more goes in; the writer sends what is queued, then stops."""
@@ -98,16 +122,16 @@ class Outbox:
 
     async def get(self) -> Event | ControlReply | None:
         """The next frame, waiting for one; None once the outbox is closed and drained."""
-        return await self._queue.get()
+        return self._taken(await self._queue.get())
 
     def get_nowait(self) -> Event | ControlReply | None:
         """The next frame if one is queued (raises asyncio.QueueEmpty otherwise)."""
-        return self._queue.get_nowait()
+        return self._taken(self._queue.get_nowait())
 
     def take_queued(self) -> list[Event | ControlReply | None]:
         """Every frame queued now, in order (a None among them: closed), without waiting."""
-        queue = self._queue
-        return [queue.get_nowait() for _ in range(queue.qsize())]
+        queue, taken = self._queue, self._taken
+        return [taken(queue.get_nowait()) for _ in range(queue.qsize())]
 
 
 class ChannelHub:
@@ -176,10 +200,13 @@ class ChannelHub:
         client_id: str,
         *,
         max_frames: int = 10_000,
+        max_chunk_chars: int = 64 << 20,
         on_overflow: Callable[[], None] | None = None,
     ) -> tuple[Attachment, Outbox]:
         """A connection for ``client_id`` opened: it becomes the client's current one."""
-        outbox = Outbox(max_frames=max_frames, on_overflow=on_overflow)
+        outbox = Outbox(
+            max_frames=max_frames, max_chunk_chars=max_chunk_chars, on_overflow=on_overflow
+        )
         attachment, decisions = self._core.attach(client_id)
         self._outboxes[attachment] = outbox
         self._apply(decisions)

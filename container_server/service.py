@@ -59,6 +59,8 @@ class ServerSettings:
     max_process_memory_mb: int | None = None
     allow_multiple_commands: bool = False
     max_outbox_frames: int = 10_000
+    #: Characters of command output a connection may have queued (hub.Outbox).
+    max_outbox_chunk_chars: int = 64 << 20
     max_upload_members: int = DEFAULT_MAX_MEMBERS
     #: The shell's binary; None: ``bash`` on the PATH (a bundle brings its own).
     bash_path: str | None = None

@@ -371,3 +371,43 @@ async def test_a_client_that_never_reads_is_dropped_and_loses_no_result(tmp_path
             assert alive.content.strip() == "alive"
     finally:
         await srv.close()
+
+
+async def test_a_client_that_never_reads_a_commands_output_is_dropped(tmp_path: Path) -> None:
+    """Chunk frames hold up to a megabyte each, so the outbox is bounded in characters of
+    output too: a command's output for a client that does not read it cannot pile up in
+    the server. The connection is dropped; the result stays for the client's return."""
+    settings = ServerSettings(
+        working_dir=str(tmp_path), api_key=KEY, max_outbox_chunk_chars=200_000
+    )
+    srv = TestServer(create_app(settings), host="127.0.0.1")
+    await srv.start_server()
+    try:
+        ws = await open_ws(srv, "lazy")
+        command = "head -c 40000000 /dev/zero | base64 | cat; echo END"
+        await ws.send(act(CmdRunAction(command, blocking=True), 0))
+        # Nobody reads while the ~54 MB of output is produced.
+        async with aiohttp.ClientSession(headers=HEADERS) as http:
+            for _ in range(1200):
+                await asyncio.sleep(0.1)
+                async with http.get(srv.make_url("/server_info")) as r:
+                    if (await r.json())["running_actions"] == 0:
+                        break
+        received = 0
+
+        async def read_until_dropped() -> None:
+            nonlocal received
+            while True:
+                received += len(await asyncio.wait_for(ws.recv(), 10))
+
+        with pytest.raises(ConnectionClosed):
+            await read_until_dropped()
+        assert received < 20_000_000  # what the socket buffers held, not the output
+        async with await open_ws(srv, "lazy") as again:
+            await again.send(act(CmdRunAction(command, blocking=True), 0))
+            obs = await recv_answer(again, 0)
+            assert isinstance(obs, CmdOutputObservation)
+            assert obs.exit_code == 0
+            assert obs.content.rstrip().endswith("END")
+    finally:
+        await srv.close()
