@@ -496,6 +496,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--until", type=int, default=None, metavar="EVENT_ID", help="stop after this event id"
     )
     p.add_argument("--output-log", default=None, help="write the replay to this new durable log")
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        metavar="N",
+        help="shell commands sent before the first is answered (default 8; 1: none sent "
+        "behind a command before its answer, so nothing runs past a divergence)",
+    )
     _plugins_option(p)
     p.set_defaults(handler=cmd_replay)
 

@@ -61,6 +61,7 @@ from events.wire import ErrorId
 from openhands_rt.cli_common import CliError, plugin_requirements
 from openhands_rt.config import SandboxConfig, cli_base_image
 from openhands_rt.replay import (
+    MAX_IN_FLIGHT,
     REPLAY_MISMATCH_ERROR_ID,
     Divergence,
     RecordedRuntime,
@@ -122,6 +123,9 @@ def _check_options(args: argparse.Namespace) -> int | None:
         plugin_requirements(getattr(args, "plugins", None))
     except CliError as exc:
         raise _UsageError(str(exc)) from None
+    max_in_flight = getattr(args, "max_in_flight", None)
+    if max_in_flight is not None and max_in_flight < 1:
+        raise _UsageError(f"--max-in-flight takes a number >= 1, got {max_in_flight}")
     if args.local and getattr(args, "image", None):
         raise _UsageError("--local runs no container: --image does not apply")
     if args.output_log and _holds_data(args.output_log):
@@ -192,6 +196,7 @@ async def _replay(
             output_log=args.output_log,
             on_step=on_step,
             on_ready=on_ready,
+            max_in_flight=getattr(args, "max_in_flight", None) or MAX_IN_FLIGHT,
         )
     if result.divergence is not None:
         _print_divergence(console, result.divergence)

@@ -323,6 +323,7 @@ async def replay_recording(
     output_log: str | os.PathLike[str] | None = None,
     on_step: Callable[[StepReport], None] | None = None,
     on_ready: Callable[[EventStreamRuntime], None] | None = None,
+    max_in_flight: int = MAX_IN_FLIGHT,
 ) -> ReplayResult:
     """Replay into a fresh sandbox: a :class:`~openhands_rt.local.LocalRuntime` with
     ``local``, else a :class:`~openhands_rt.docker_runtime.DockerRuntime` built from
@@ -331,7 +332,7 @@ async def replay_recording(
     The new events go to a new stream, durable when ``output_log`` is given (a
     path that must not hold a log with events already). With ``local`` the
     sandbox's directory stands in for ``/workspace``. ``on_ready`` is called
-    once the sandbox is up.
+    once the sandbox is up. ``max_in_flight`` as for :func:`replay`.
     """
     config = config if config is not None else SandboxConfig()
     if output_log is not None:
@@ -359,6 +360,7 @@ async def replay_recording(
                 until=until,
                 map_workspace=workspace,
                 on_step=on_step,
+                max_in_flight=max_in_flight,
             )
 
 
@@ -381,6 +383,7 @@ async def replay_file(
     until: int | None = None,
     output_log: str | os.PathLike[str] | None = None,
     on_step: Callable[[StepReport], None] | None = None,
+    max_in_flight: int = MAX_IN_FLIGHT,
 ) -> ReplayResult:
     """:func:`load_recording` then :func:`replay_recording`."""
     recording = await anyio.to_thread.run_sync(load_recording, path)
@@ -392,4 +395,5 @@ async def replay_file(
         until=until,
         output_log=output_log,
         on_step=on_step,
+        max_in_flight=max_in_flight,
     )

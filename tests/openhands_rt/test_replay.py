@@ -164,6 +164,31 @@ async def test_nondeterministic_command_diverges_at_its_id(tmp_path: Path) -> No
     assert "run 'date +%N'" in text
 
 
+async def test_one_in_flight_runs_nothing_past_a_divergence(tmp_path: Path) -> None:
+    """The default pipelines shell commands (the one recorded after a divergent command may
+    already run); max_in_flight=1 sends nothing behind a command before its answer."""
+    workspace, log = tmp_path / "ws", tmp_path / "session.log"
+    workspace.mkdir()
+    commands = [CmdRunAction("date +%N"), CmdRunAction("touch ran-after")]
+    await record(log, workspace, commands)
+    for max_in_flight, ran_after in ((1, False), (8, True)):
+        fresh_workspace(workspace)
+        output = tmp_path / f"replayed-{max_in_flight}.log"
+        result = await replay_file(
+            log,
+            verify=True,
+            local=True,
+            config=config(workspace),
+            output_log=output,
+            max_in_flight=max_in_flight,
+        )
+        assert result.divergence is not None
+        assert (result.executed, result.matched) == (1, 0)
+        assert (workspace / "ran-after").exists() is ran_after
+        sent = [e.command for e in read_log(output) if isinstance(e, CmdRunAction)]
+        assert ("touch ran-after" in sent) is ran_after
+
+
 async def test_until_stops_after_the_given_event(tmp_path: Path) -> None:
     workspace, log = tmp_path / "ws", tmp_path / "session.log"
     workspace.mkdir()
@@ -496,6 +521,7 @@ async def test_cli_refuses_a_file_that_is_neither(tmp_path: Path) -> None:
         ({"serve": True, "verify": True}, "--serve runs no sandbox"),
         ({"until": "seven"}, "--until takes an event id"),
         ({"image": "x:y"}, "--local runs no container"),
+        ({"max_in_flight": 0}, "--max-in-flight takes a number >= 1"),
     ],
 )
 async def test_cli_refuses_bad_options(overrides: dict[str, object], message: str) -> None:
