@@ -124,10 +124,6 @@ class Outbox:
         """The next frame, waiting for one; None once the outbox is closed and drained."""
         return self._taken(await self._queue.get())
 
-    def get_nowait(self) -> Event | ControlReply | None:
-        """The next frame if one is queued (raises asyncio.QueueEmpty otherwise)."""
-        return self._taken(self._queue.get_nowait())
-
     def take_queued(self) -> list[Event | ControlReply | None]:
         """Every frame queued now, in order (a None among them: closed), without waiting."""
         queue, taken = self._queue, self._taken
